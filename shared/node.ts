@@ -121,3 +121,21 @@ export async function dialBootstraps (node: MeshNode, bootstraps: Multiaddr[], l
   })
   return connected
 }
+
+/** Peers in the DHT routing table. kad-dht keeps `routingTable` out of its public type. */
+export function routingTableSize (node: MeshNode): number {
+  return (node.services.dht as unknown as { routingTable: { size: number } }).routingTable.size
+}
+
+/**
+ * Waits until the DHT knows at least one peer (identify has run on a bootstrap connection), so
+ * that a first `provide` or `put` reaches the mesh and not only our own datastore.
+ */
+export async function waitForRoutingTable (node: MeshNode, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs
+  while (routingTableSize(node) === 0) {
+    if (Date.now() >= deadline) return false
+    await new Promise(resolve => setTimeout(resolve, 10))
+  }
+  return true
+}

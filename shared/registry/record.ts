@@ -42,7 +42,11 @@ export type ServiceRecordInput = z.input<typeof recordSchema>
 export function describeIssues (error: z.ZodError): string {
   return error.issues.map(issue => {
     const path = issue.path.join('.')
-    return path === '' ? issue.message : `${path}: ${issue.message}`
+    // zod reports a bad record key as "Invalid key in record"; the reason is in the nested issues.
+    const message = issue.code === 'invalid_key' && issue.issues.length > 0
+      ? `invalid key: ${issue.issues.map(inner => inner.message).join('; ')}`
+      : issue.message
+    return path === '' ? message : `${path}: ${message}`
   }).join('; ')
 }
 

@@ -1,0 +1,69 @@
+/**
+ * Hop-by-hop headers (RFC 9110 §7.6.1) belong to one connection and are never forwarded;
+ * Node's HTTP layer writes its own framing (Transfer-Encoding, Connection, Keep-Alive).
+ * Trailer is kept: trailers are forwarded end to end.
+ */
+const HOP_BY_HOP = new Set([
+  'connection', 'keep-alive', 'proxy-connection', 'proxy-authenticate', 'proxy-authorization',
+  'te', 'transfer-encoding', 'upgrade'
+])
+
+export const VIA = '1.1 hyphae'
+
+/** Names listed in Connection headers are hop-by-hop too. */
+function connectionListed (raw: string[]): Set<string> | undefined {
+  let listed: Set<string> | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    if (raw[i].length === 10 && raw[i].toLowerCase() === 'connection') {
+      for (const name of raw[i + 1].split(',')) {
+        const trimmed = name.trim().toLowerCase()
+        if (trimmed !== '') (listed ??= new Set()).add(trimmed)
+      }
+    }
+  }
+  return listed
+}
+
+export interface ForwardHeaders {
+  /** Appended to X-Forwarded-For (requests only). */
+  forwardedFor?: string
+  /** Set as X-Forwarded-Prefix (requests only): the app prefix the client proxy removed. */
+  forwardedPrefix?: string
+}
+
+/**
+ * Copies raw headers (names and order byte-exact) without hop-by-hop ones, and adds Via and,
+ * for requests, X-Forwarded-For / X-Forwarded-Prefix. Returns Node's flat raw-header array.
+ */
+export function forwardRawHeaders (raw: string[], extra: ForwardHeaders = {}): string[] {
+  const listed = connectionListed(raw)
+  const out: string[] = []
+  let via: string | undefined
+  let forwardedFor: string | undefined
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i]
+    const lower = name.toLowerCase()
+    if (HOP_BY_HOP.has(lower) || listed?.has(lower) === true) continue
+    if (lower === 'via') {
+      via = via == null ? raw[i + 1] : `${via}, ${raw[i + 1]}`
+      continue
+    }
+    if (extra.forwardedFor != null && lower === 'x-forwarded-for') {
+      forwardedFor = forwardedFor == null ? raw[i + 1] : `${forwardedFor}, ${raw[i + 1]}`
+      continue
+    }
+    if (extra.forwardedPrefix != null && lower === 'x-forwarded-prefix') continue
+    out.push(name, raw[i + 1])
+  }
+  out.push('Via', via == null ? VIA : `${via}, ${VIA}`)
+  if (extra.forwardedFor != null) out.push('X-Forwarded-For', forwardedFor == null ? extra.forwardedFor : `${forwardedFor}, ${extra.forwardedFor}`)
+  if (extra.forwardedPrefix != null) out.push('X-Forwarded-Prefix', extra.forwardedPrefix)
+  return out
+}
+
+/** Raw trailers as the [name, value] pairs that addTrailers takes. */
+export function trailerPairs (raw: string[]): Array<[string, string]> {
+  const pairs: Array<[string, string]> = []
+  for (let i = 0; i < raw.length; i += 2) pairs.push([raw[i], raw[i + 1]])
+  return pairs
+}

@@ -1,0 +1,161 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { AddressInfo, Socket } from 'node:net'
+import { MeshError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
+import { SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
+import { sendError } from './errors.js'
+import type { MeshAgents } from './mesh-agents.js'
+import { mayRetry, relay, RelayError } from './relay.js'
+import type { Router } from './router.js'
+
+export interface RecordSource {
+  resolve: (name: string, options?: { signal?: AbortSignal }) => Promise<ServiceRecord | undefined>
+}
+
+export interface RequestObserver {
+  (service: string, status: number, startedAt: number, retried: boolean): void
+}
+
+export interface IngressInit {
+  port: number
+  registry: RecordSource
+  router: Router
+  agents: MeshAgents
+  log: Logger
+  /** Time allowed for an instance to start answering a request. */
+  responseTimeoutMs?: number
+  observe?: RequestObserver
+}
+
+/** Attempts per request: the first, and one retry on another instance (DESIGN.md). */
+const MAX_ATTEMPTS = 2
+
+export interface AppTarget {
+  app: string
+  /** The request target with the app prefix removed: `/hello/a/b?x=1` → `/a/b?x=1`. */
+  path: string
+}
+
+/** Splits `/<app>/<rest>`; a MeshError 400 when there is no valid app name. */
+export function parseAppTarget (url: string | undefined): AppTarget {
+  let target = url ?? ''
+  if (!target.startsWith('/')) {
+    // Absolute form, as a client configured to use us as an HTTP proxy sends it.
+    try {
+      const parsed = new URL(target)
+      target = parsed.pathname + parsed.search
+    } catch {
+      throw new MeshError(400, 'bad_target', 'the request target is not a path')
+    }
+  }
+  const end = target.slice(1).search(/[/?]/)
+  const app = end === -1 ? target.slice(1) : target.slice(1, end + 1)
+  if (app === '') throw new MeshError(400, 'no_app', 'no app name: send requests to /<app-name>/<path>')
+  if (!SERVICE_NAME.test(app)) throw new MeshError(400, 'bad_app', `'${app.slice(0, 80)}' is not a valid app name (^[a-z0-9][a-z0-9-]{0,62}$)`)
+  const rest = end === -1 ? '' : target.slice(end + 1)
+  return { app, path: rest.startsWith('/') ? rest : `/${rest}` }
+}
+
+/**
+ * The client side of the request path: plain HTTP from the local app on 127.0.0.1 →
+ * registry record → best instance → `/http/1.1` stream. Only loopback is ever bound.
+ */
+export class Ingress {
+  private readonly server: Server
+  private readonly responseTimeoutMs: number
+
+  constructor (private readonly init: IngressInit) {
+    this.responseTimeoutMs = init.responseTimeoutMs ?? 30_000
+    this.server = createServer({ keepAliveTimeout: 5_000 })
+    this.server.on('request', this.onRequest)
+    this.server.on('checkContinue', this.onRequest)
+    this.server.on('clientError', this.onClientError)
+  }
+
+  async start (): Promise<number> {
+    await new Promise<void>((resolve, reject) => {
+      this.server.once('error', reject)
+      this.server.listen(this.init.port, '127.0.0.1', () => {
+        this.server.off('error', reject)
+        resolve()
+      })
+    })
+    return (this.server.address() as AddressInfo).port
+  }
+
+  async stop (): Promise<void> {
+    await new Promise<void>(resolve => {
+      this.server.close(() => { resolve() })
+      this.server.closeIdleConnections()
+    })
+  }
+
+  private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
+    const startedAt = performance.now()
+    this.handle(req, res).then(({ service, status, retried }) => {
+      this.init.observe?.(service, status, startedAt, retried)
+    }, (err: Error) => {
+      this.init.log.error({ err: err.message }, 'request handling failed')
+      sendError(res, 500, 'internal', 'internal proxy error')
+    })
+  }
+
+  private async handle (req: IncomingMessage, res: ServerResponse): Promise<{ service: string, status: number, retried: boolean }> {
+    let target: AppTarget
+    try {
+      target = parseAppTarget(req.url)
+    } catch (err) {
+      return this.fail(res, '', err as MeshError, false)
+    }
+    const record = await this.init.registry.resolve(target.app)
+    if (record == null) {
+      return this.fail(res, target.app, new MeshError(404, 'unknown_service', `no service named '${target.app}' in the registry`), false)
+    }
+
+    const tried = new Set<string>()
+    for (let attempt = 1; ; attempt++) {
+      let peer
+      try {
+        peer = await this.init.router.pick(record, tried)
+      } catch (err) {
+        if (err instanceof MeshError) return this.fail(res, target.app, err, attempt > 1)
+        throw err
+      }
+      try {
+        const result = await relay(req, res, {
+          agent: this.init.agents.for(peer.id),
+          path: target.path,
+          forward: { forwardedFor: req.socket.remoteAddress ?? '127.0.0.1', forwardedPrefix: `/${target.app}` },
+          responseTimeoutMs: this.responseTimeoutMs
+        })
+        return { service: target.app, status: result.status, retried: attempt > 1 }
+      } catch (err) {
+        if (!(err instanceof RelayError)) throw err
+        tried.add(peer.id.toString())
+        await this.init.router.markFailed(record, peer.id)
+        this.init.agents.drop(peer.id)
+        this.init.log.warn({ service: target.app, peer: peer.id.toString(), phase: err.phase, err: err.message }, 'instance failed a request')
+        if (attempt < MAX_ATTEMPTS && mayRetry(req, err)) continue
+        if (err.timedOut) return this.fail(res, target.app, new MeshError(504, 'timeout', `the instance of '${target.app}' did not answer within ${this.responseTimeoutMs} ms`), attempt > 1)
+        return this.fail(res, target.app, new MeshError(502, 'instance_failed', `the instance of '${target.app}' failed mid-request: ${err.message}`), attempt > 1)
+      }
+    }
+  }
+
+  private fail (res: ServerResponse, service: string, err: MeshError, retried: boolean): { service: string, status: number, retried: boolean } {
+    sendError(res, err.status, err.code, err.message)
+    return { service, status: err.status, retried }
+  }
+
+  /** Malformed HTTP or oversized headers: a JSON answer, then close; the server goes on. */
+  private readonly onClientError = (err: Error & { code?: string }, socket: Socket): void => {
+    if (!socket.writable) {
+      socket.destroy()
+      return
+    }
+    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW'
+    const status = tooLarge ? 431 : 400
+    const body = JSON.stringify({ error: { code: status, reason: tooLarge ? 'headers_too_large' : 'bad_request', message: tooLarge ? 'request headers too large' : 'malformed HTTP request' } })
+    socket.end(`HTTP/1.1 ${status} ${tooLarge ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+  }
+}

@@ -1,0 +1,71 @@
+import type { PeerId } from '@libp2p/interface'
+import type { CID } from 'multiformats/cid'
+import type { Logger } from '../shared/log.js'
+import type { MeshNode } from '../shared/node.js'
+
+export interface Candidate {
+  id: PeerId
+  /** Round trip in ms, from libp2p ping (whole ms: 0 is a valid RTT on one machine). */
+  rttMs: number
+}
+
+export interface PeerFinderInit {
+  node: MeshNode
+  log: Logger
+  /** How long a DHT walk for providers may take. */
+  discoveryTimeoutMs?: number
+}
+
+/** Finds the providers of a CID in the DHT and measures each one's RTT, all in parallel. */
+export class PeerFinder {
+  private readonly discoveryTimeoutMs: number
+
+  constructor (private readonly init: PeerFinderInit) {
+    this.discoveryTimeoutMs = init.discoveryTimeoutMs ?? 3000
+  }
+
+  /**
+   * Providers of `cid` within `hardRttMs`, nearest first. Each provider is pinged as soon as
+   * the DHT yields it, so the walk and the pings overlap.
+   */
+  async discover (cid: CID, hardRttMs: number, signal?: AbortSignal): Promise<Candidate[]> {
+    const { node } = this.init
+    const self = node.peerId.toString()
+    const seen = new Set<string>()
+    const pings: Array<Promise<Candidate | undefined>> = []
+    const walk = AbortSignal.any([AbortSignal.timeout(this.discoveryTimeoutMs), ...(signal != null ? [signal] : [])])
+    try {
+      for await (const provider of node.contentRouting.findProviders(cid, { signal: walk })) {
+        const key = provider.id.toString()
+        if (key === self || seen.has(key)) continue
+        seen.add(key)
+        if (provider.multiaddrs.length > 0) await node.peerStore.merge(provider.id, { multiaddrs: provider.multiaddrs })
+        pings.push(this.measure(provider.id, hardRttMs, signal))
+      }
+    } catch (err) {
+      // A walk cut short by its deadline still yields the providers found so far.
+      if (signal?.aborted === true) throw err
+      this.init.log.debug({ cid: cid.toString(), err: (err as Error).message }, 'provider walk ended early')
+    }
+    const measured = await Promise.all(pings)
+    return measured.filter((c): c is Candidate => c != null).sort((a, b) => a.rttMs - b.rttMs)
+  }
+
+  /** The peer's RTT, or undefined when it does not answer or is over `hardRttMs`. */
+  async measure (peer: PeerId, hardRttMs: number, signal?: AbortSignal): Promise<Candidate | undefined> {
+    const rttMs = await this.ping(peer, hardRttMs, signal)
+    if (rttMs == null || rttMs > hardRttMs) return undefined
+    return { id: peer, rttMs }
+  }
+
+  /** One ping; a dial may come first, so the deadline allows a few round trips for it. */
+  async ping (peer: PeerId, hardRttMs: number, signal?: AbortSignal): Promise<number | undefined> {
+    const deadline = AbortSignal.timeout(hardRttMs * 4 + 1000)
+    try {
+      return await this.init.node.services.ping.ping(peer, { signal: signal != null ? AbortSignal.any([deadline, signal]) : deadline })
+    } catch (err) {
+      this.init.log.debug({ peer: peer.toString(), err: (err as Error).message }, 'ping failed')
+      return undefined
+    }
+  }
+}

@@ -1,0 +1,164 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
+import { serviceCid } from '../shared/cids.js'
+import type { MeshConfig } from '../shared/config.js'
+import type { Logger } from '../shared/log.js'
+import { MetricsServer } from '../shared/metrics-server.js'
+import type { MeshNode } from '../shared/node.js'
+import type { ServiceRecord } from '../shared/registry/record.js'
+import { Advertiser } from './advertiser.js'
+import { Ingress, type RecordSource } from './ingress.js'
+import { InstanceServer } from './instance-server.js'
+import { MeshAgents } from './mesh-agents.js'
+import { PeerFinder } from './peer-finder.js'
+import { Router } from './router.js'
+
+export interface ServerModeInit {
+  service: string
+  app: { host: string, port: number }
+  healthIntervalMs?: number
+}
+
+export interface ProxyInit {
+  node: MeshNode
+  registry: RecordSource
+  config: MeshConfig
+  log: Logger
+  /** HTTP ingress port on 127.0.0.1 (0: any free port). */
+  port: number
+  /** Server mode: the local app instance this proxy fronts and advertises. */
+  server?: ServerModeInit
+  /** Metrics port on 127.0.0.1; omitted: no metrics endpoint. */
+  metricsPort?: number
+  responseTimeoutMs?: number
+  /** How long a stopping server proxy waits for requests in flight. */
+  drainMs?: number
+}
+
+/**
+ * A hyphae proxy: always the client side (ingress → router → mesh stream); in server mode
+ * also the instance side (mesh stream → local app) and its advertisement.
+ */
+export class Proxy {
+  readonly metrics = new MetricsRegistry()
+  private readonly agents: MeshAgents
+  private readonly ingress: Ingress
+  private instance?: InstanceServer
+  private advertiser?: Advertiser
+  private metricsServer?: MetricsServer
+  private lastServicedAt = Date.now()
+  private ports: { http: number, metrics?: number } = { http: 0 }
+
+  constructor (private readonly init: ProxyInit) {
+    collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_proxy_' })
+    const requests = new Counter({ name: 'hyphae_proxy_requests_total', help: 'Requests sent into the mesh, by service and status', labelNames: ['service', 'status'], registers: [this.metrics] })
+    const latency = new Histogram({
+      name: 'hyphae_proxy_request_duration_seconds',
+      help: 'Time from request to complete response through the mesh, by service',
+      labelNames: ['service'],
+      buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
+      registers: [this.metrics]
+    })
+    const retries = new Counter({ name: 'hyphae_proxy_retries_total', help: 'Requests retried on another instance', labelNames: ['service'], registers: [this.metrics] })
+    this.agents = new MeshAgents(init.node)
+    const router = new Router({
+      finder: new PeerFinder({ node: init.node, log: init.log }),
+      defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs }
+    })
+    this.ingress = new Ingress({
+      port: init.port,
+      registry: init.registry,
+      router,
+      agents: this.agents,
+      log: init.log,
+      responseTimeoutMs: init.responseTimeoutMs,
+      observe: (service, status, startedAt, retried) => {
+        requests.inc({ service, status })
+        latency.observe({ service }, (performance.now() - startedAt) / 1000)
+        if (retried) retries.inc({ service })
+      }
+    })
+  }
+
+  get httpPort (): number {
+    return this.ports.http
+  }
+
+  get metricsPort (): number | undefined {
+    return this.ports.metrics
+  }
+
+  /** Seconds since the instance last finished serving a request (server mode). */
+  get idleSeconds (): number {
+    if (this.instance != null && this.instance.requestsInFlight > 0) return 0
+    return Math.floor((Date.now() - this.lastServicedAt) / 1000)
+  }
+
+  async start (): Promise<void> {
+    const { init } = this
+    if (init.server != null) await this.startServerMode(init.server)
+    this.ports.http = await this.ingress.start()
+    if (init.metricsPort != null) {
+      this.metricsServer = new MetricsServer({
+        port: init.metricsPort,
+        registry: this.metrics,
+        routes: { '/': () => ({ type: 'text', body: `${this.idleSeconds}\n` }) }
+      })
+      this.ports.metrics = await this.metricsServer.start()
+    }
+  }
+
+  /** Resolves once a server proxy has advertised its instance (at once in client mode). */
+  async whenAdvertised (): Promise<void> {
+    await this.advertiser?.whenAdvertised()
+  }
+
+  /**
+   * Stops advertising first, so clients stop choosing this instance, then finishes requests
+   * in flight, then closes everything.
+   */
+  async stop (): Promise<void> {
+    await this.advertiser?.stop()
+    await this.ingress.stop()
+    await this.instance?.stop(this.init.drainMs)
+    await this.metricsServer?.stop()
+    this.agents.stop()
+  }
+
+  private async startServerMode (server: ServerModeInit): Promise<void> {
+    const { init } = this
+    const record: ServiceRecord | undefined = await init.registry.resolve(server.service)
+    if (record == null) throw new Error(`no registry record for service '${server.service}': publish one with 'hyphae registry put' or add it to Services in the config`)
+    const served = new Counter({ name: 'hyphae_instance_requests_total', help: 'Requests served to this instance from the mesh, by status', labelNames: ['status'], registers: [this.metrics] })
+    const inFlight = new Gauge({ name: 'hyphae_instance_requests_in_flight', help: 'Requests from the mesh being served now', registers: [this.metrics] })
+    new Gauge({ name: 'hyphae_instance_idle_seconds', help: 'Seconds since the last request was serviced', registers: [this.metrics], collect: function () { this.set(idle()) } })
+    const idle = (): number => this.idleSeconds
+    new Gauge({ name: 'hyphae_instance_advertised', help: '1 while the instance is advertised in the DHT', registers: [this.metrics], collect: function () { this.set(advertised() ? 1 : 0) } })
+    const advertised = (): boolean => this.advertiser?.advertised ?? false
+
+    this.instance = new InstanceServer({
+      node: init.node,
+      app: server.app,
+      log: init.log,
+      onRequest: (event, status) => {
+        if (event === 'start') {
+          inFlight.inc()
+          return
+        }
+        inFlight.dec()
+        served.inc({ status: String(status) })
+        this.lastServicedAt = Date.now()
+      }
+    })
+    await this.instance.start()
+    this.advertiser = new Advertiser({
+      node: init.node,
+      cid: await serviceCid(record),
+      service: server.service,
+      app: server.app,
+      healthPath: record.health,
+      log: init.log,
+      healthIntervalMs: server.healthIntervalMs
+    })
+    this.advertiser.start()
+  }
+}

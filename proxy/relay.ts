@@ -1,0 +1,129 @@
+import { request, type Agent, type ClientRequest, type IncomingMessage, type ServerResponse } from 'node:http'
+import { forwardRawHeaders, trailerPairs, type ForwardHeaders } from './headers.js'
+
+/**
+ * Where a relayed request failed. `connect`: no connection or stream was ever had, so the
+ * request provably never left. `request`: it may have reached the upstream, but no response
+ * byte came back. `response`: the response had started.
+ */
+export type RelayPhase = 'connect' | 'request' | 'response'
+
+export class RelayError extends Error {
+  override name = 'RelayError'
+  constructor (message: string, readonly phase: RelayPhase, readonly timedOut = false, readonly reusedConnection = false) {
+    super(message)
+  }
+}
+
+export interface RelayTarget {
+  agent: Agent
+  host?: string
+  port?: number
+  path: string
+  forward?: ForwardHeaders
+  /** Time allowed until the response headers arrive. */
+  responseTimeoutMs?: number
+}
+
+export interface RelayResult {
+  status: number
+}
+
+/**
+ * Sends `req` to the target and streams the answer to `res`, with backpressure both ways,
+ * trailers and 100-continue carried end to end. Resolves once the response is complete.
+ * Rejects with a RelayError; when its phase is not `response`, nothing was written to
+ * `res` and the caller may answer or retry.
+ */
+export async function relay (req: IncomingMessage, res: ServerResponse, target: RelayTarget): Promise<RelayResult> {
+  return await new Promise<RelayResult>((resolve, reject) => {
+    let phase: RelayPhase = 'connect'
+    let settled = false
+    let timer: NodeJS.Timeout | undefined
+    const upstream: ClientRequest = request({
+      agent: target.agent,
+      host: target.host,
+      port: target.port,
+      method: req.method,
+      path: target.path,
+      headers: forwardRawHeaders(req.rawHeaders, target.forward) as unknown as Record<string, string>,
+      setHost: false
+    })
+
+    const fail = (err: Error & { code?: string }, timedOut = false): void => {
+      if (settled) return
+      settled = true
+      clearTimeout(timer)
+      req.unpipe(upstream)
+      upstream.destroy()
+      if (phase === 'response') res.destroy(err)
+      reject(new RelayError(err.message, phase, timedOut, upstream.reusedSocket && err.code === 'ECONNRESET'))
+    }
+
+    upstream.once('socket', () => {
+      if (phase === 'connect') phase = 'request'
+    })
+    // The clock starts once the request is sent: a long upload is not a slow answer.
+    if (target.responseTimeoutMs != null) {
+      const timeoutMs = target.responseTimeoutMs
+      upstream.once('finish', () => {
+        if (phase !== 'response' && !settled) timer = setTimeout(() => { fail(new Error(`no response within ${timeoutMs} ms`), true) }, timeoutMs)
+      })
+    }
+    upstream.on('error', fail)
+    if (req.headers.expect != null) upstream.on('continue', () => { res.writeContinue() })
+
+    upstream.on('response', (answer: IncomingMessage) => {
+      phase = 'response'
+      clearTimeout(timer)
+      res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardRawHeaders(answer.rawHeaders))
+      answer.pipe(res, { end: false })
+      answer.on('end', () => {
+        if (answer.rawTrailers.length > 0) res.addTrailers(trailerPairs(answer.rawTrailers))
+        res.end()
+      })
+      answer.on('error', fail)
+      res.once('finish', () => {
+        if (settled) return
+        settled = true
+        resolve({ status: answer.statusCode ?? 502 })
+      })
+    })
+
+    // The client went away: stop the upstream too, so nothing is left streaming.
+    res.once('close', () => {
+      if (!res.writableFinished) fail(new Error('client closed the connection'))
+    })
+
+    if (req.readableEnded) {
+      // A retry: the (bodiless) request was read by the failed attempt.
+      upstream.end()
+      return
+    }
+    req.pipe(upstream, { end: false })
+    req.once('end', () => {
+      if (req.rawTrailers.length > 0) upstream.addTrailers(trailerPairs(req.rawTrailers))
+      upstream.end()
+    })
+  })
+}
+
+/** RFC 9110 §9.2.2: a retry of these has the same effect as one request. */
+const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
+
+/** True when the request carries no body, so it can be sent again as it is. */
+export function hasNoBody (req: IncomingMessage): boolean {
+  const length = req.headers['content-length']
+  return req.headers['transfer-encoding'] == null && (length == null || length === '0')
+}
+
+/**
+ * Whether a failed attempt may be sent to another instance: always when it never left, and
+ * for idempotent requests when no response byte arrived. Only bodiless requests, as a body
+ * that was streamed cannot be streamed again.
+ */
+export function mayRetry (req: IncomingMessage, err: RelayError): boolean {
+  if (err.phase === 'response' || err.timedOut || !hasNoBody(req)) return false
+  if (err.phase === 'connect' || err.reusedConnection) return true
+  return IDEMPOTENT.has(req.method ?? '')
+}

@@ -1,0 +1,89 @@
+import type { PrivateKey } from '@libp2p/interface'
+import type { Multiaddr } from '@multiformats/multiaddr'
+import { loadMeshConfig, parseLogLevel, parseMultiaddr, type CommonOptions, type MeshConfig } from './config.js'
+import { errorMessage, UsageError } from './errors.js'
+import { loadOrCreateKey } from './identity.js'
+import { createLogger, type Logger } from './log.js'
+import { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable, type MeshNode } from './node.js'
+import { registryDhtInit } from './registry/dht-validation.js'
+import { Registry } from './registry/registry.js'
+
+/** What every daemon has: config, identity, a started libp2p node joined to the mesh, a registry. */
+export interface MeshBase {
+  config: MeshConfig
+  log: Logger
+  privateKey: PrivateKey
+  node: MeshNode
+  registry: Registry
+}
+
+export interface MeshBaseInit {
+  name: string
+  options: CommonOptions
+  defaultListen?: string
+  registryTtlMs?: number
+  env?: NodeJS.ProcessEnv
+}
+
+/** Reads config, key and PSK, starts the node, dials the bootstraps and starts the registry. */
+export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
+  const env = init.env ?? process.env
+  const log = createLogger(init.name, parseLogLevel(init.options['log-level'], env))
+  const config = loadMeshConfig(init.options, env)
+  const listen: Multiaddr[] = (init.options.listen ?? [init.defaultListen ?? '/ip4/127.0.0.1/tcp/0']).map(text => parseMultiaddr(text, '--listen'))
+  const announce = (init.options.announce ?? []).map(text => parseMultiaddr(text, '--announce'))
+  const psk = await readPsk(config.pskFile, config.pskText)
+  const privateKey = await loadOrCreateKey(init.options.key)
+  const node = await createMeshNode({ privateKey, listen, announce, psk, ...registryDhtInit(config.registryKeys) })
+  try {
+    await node.start()
+  } catch (err) {
+    throw new UsageError(`cannot start the libp2p node (listen ${listen.join(' ')}): ${errorMessage(err)}`)
+  }
+  if (config.bootstraps.length === 0) {
+    log.info('no bootstrap configured: this node is the first of its mesh')
+  } else {
+    const connected = await dialBootstraps(node, config.bootstraps, log)
+    if (connected > 0 && await waitForRoutingTable(node, 5000)) {
+      log.info({ connected, of: config.bootstraps.length, source: config.bootstrapSource }, 'joined the mesh')
+    } else {
+      log.warn({ of: config.bootstraps.length, source: config.bootstrapSource }, 'no bootstrap answered: running alone until a peer connects')
+    }
+  }
+  const registry = new Registry({ node, staticRecords: config.services, allowedSigners: config.registryKeys, log, ttlMs: init.registryTtlMs })
+  registry.start()
+  return { config, log, privateKey, node, registry }
+}
+
+/** The one `ready <json>` line on stdout that scripts and tests wait for. */
+export function printReady (info: { peerId: string, multiaddrs: string[], http?: string } & Record<string, unknown>): void {
+  process.stdout.write(`ready ${JSON.stringify(info)}\n`)
+}
+
+export interface Stoppable {
+  stop: () => Promise<void>
+}
+
+/**
+ * Runs a daemon's main: a user mistake is one line and exit 2, any other failure one line
+ * and exit 1; SIGINT/SIGTERM stop it cleanly and exit 0.
+ */
+export function runDaemon (name: string, main: () => Promise<Stoppable | undefined>): void {
+  main().then(daemon => {
+    if (daemon == null) return
+    let stopping = false
+    const shutdown = (signal: string): void => {
+      if (stopping) return
+      stopping = true
+      daemon.stop().then(() => { process.exit(0) }, err => {
+        process.stderr.write(`${name}: error while stopping after ${signal}: ${errorMessage(err)}\n`)
+        process.exit(1)
+      })
+    }
+    process.on('SIGINT', () => { shutdown('SIGINT') })
+    process.on('SIGTERM', () => { shutdown('SIGTERM') })
+  }, err => {
+    process.stderr.write(`${name}: ${errorMessage(err)}\n`)
+    process.exit(err instanceof UsageError ? 2 : 1)
+  })
+}

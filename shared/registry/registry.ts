@@ -1,0 +1,311 @@
+import type { PrivateKey } from '@libp2p/interface'
+import type { Logger } from '../log.js'
+import type { MeshNode } from '../node.js'
+import { SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from './record.js'
+import { registryKey, registryKeyString, signRecord, verifySignedRecord, type VerifiedRecord } from './signed-record.js'
+
+export interface RegistryInit {
+  node: MeshNode
+  /** Records from the config file: used when the DHT has none for a name. */
+  staticRecords: Map<string, ServiceRecord>
+  /** Peer IDs allowed to sign records (RegistryKeys); empty: any signer. */
+  allowedSigners: readonly string[]
+  log: Logger
+  /** How long a record found in the DHT is used before it is looked up again. */
+  ttlMs?: number
+  /** How long "the DHT has none" is believed (the static record, or nothing, is served meanwhile). */
+  negativeTtlMs?: number
+  /** One DHT lookup's time limit; what has arrived by then is used. */
+  lookupTimeoutMs?: number
+  /** How often records in use are put again, so they outlive their author's `registry put`. */
+  republishMs?: number
+  /** Records resolved within this window are republished; older ones are forgotten. */
+  usedWindowMs?: number
+  /** Most names to cache; bounds memory when requests name random services. */
+  maxCacheEntries?: number
+  clock?: () => number
+}
+
+export interface PublishResult {
+  key: string
+  record: ServiceRecord
+  signer: string
+  /** How many peers confirmed they stored the value. */
+  storedOn: number
+}
+
+/** Publishing would replace a newer record in the DHT (the DHT keeps whatever was put last). */
+export class RegistryConflictError extends Error {
+  override name = 'RegistryConflictError'
+}
+
+interface SignedValue extends VerifiedRecord {
+  value: Uint8Array
+}
+
+interface CacheEntry {
+  record: ServiceRecord | undefined
+  expiresAt: number
+}
+
+/**
+ * Resolves service names to registry records: the DHT first (validated, highest seq), else
+ * the static records of the config file. Keeps the signed values it uses alive in the DHT by
+ * putting them again, unchanged, before they expire.
+ */
+export class Registry {
+  private readonly node: MeshNode
+  private readonly staticRecords: Map<string, ServiceRecord>
+  private readonly allowedSigners: readonly string[]
+  private readonly log: Logger
+  private readonly ttlMs: number
+  private readonly negativeTtlMs: number
+  private readonly lookupTimeoutMs: number
+  private readonly republishMs: number
+  private readonly usedWindowMs: number
+  private readonly maxCacheEntries: number
+  private readonly clock: () => number
+
+  private readonly cache = new Map<string, CacheEntry>()
+  /** The best signed value seen per name: what we serve when a lookup fails, and what we re-put. */
+  private readonly known = new Map<string, SignedValue>()
+  private readonly lastUsed = new Map<string, number>()
+  private readonly inflight = new Map<string, Promise<CacheEntry>>()
+  private controller?: AbortController
+  private timer?: NodeJS.Timeout
+  private republishing?: Promise<number>
+
+  constructor (init: RegistryInit) {
+    this.node = init.node
+    this.staticRecords = init.staticRecords
+    this.allowedSigners = [...init.allowedSigners]
+    this.log = init.log
+    this.ttlMs = init.ttlMs ?? 60_000
+    this.negativeTtlMs = init.negativeTtlMs ?? 2_000
+    this.lookupTimeoutMs = init.lookupTimeoutMs ?? 2_000
+    this.republishMs = init.republishMs ?? 10 * 60_000
+    this.usedWindowMs = init.usedWindowMs ?? 60 * 60_000
+    this.maxCacheEntries = init.maxCacheEntries ?? 10_000
+    this.clock = init.clock ?? Date.now
+  }
+
+  start (): void {
+    if (this.controller != null) return
+    this.controller = new AbortController()
+    if (this.allowedSigners.length === 0) {
+      this.log.warn('RegistryKeys is empty: registry records signed by any key are accepted')
+    }
+    this.schedule()
+  }
+
+  async stop (): Promise<void> {
+    if (this.controller == null) return
+    this.controller.abort(new Error('registry stopped'))
+    this.controller = undefined
+    clearTimeout(this.timer)
+    this.timer = undefined
+    await this.republishing?.catch(() => {})
+    this.cache.clear()
+    this.known.clear()
+    this.lastUsed.clear()
+  }
+
+  /** The record for NAME, or undefined when neither the DHT nor the config file has one. */
+  async resolve (name: string, options: { signal?: AbortSignal } = {}): Promise<ServiceRecord | undefined> {
+    this.running()
+    if (!SERVICE_NAME.test(name)) return undefined
+    const now = this.clock()
+    this.lastUsed.set(name, now)
+    const hit = this.cache.get(name)
+    if (hit != null && hit.expiresAt > now) return hit.record
+
+    let lookup = this.inflight.get(name)
+    if (lookup == null) {
+      lookup = this.lookup(name).finally(() => this.inflight.delete(name))
+      this.inflight.set(name, lookup)
+    }
+    return (await raceSignal(lookup, options.signal)).record
+  }
+
+  /**
+   * Signs RECORD and puts it in the DHT. Refuses to replace a newer record: kad-dht peers
+   * store whatever is put last, so a lower seq would silently roll the service back.
+   */
+  async publish (record: ServiceRecord | ServiceRecordInput, privateKey: PrivateKey, options: { signal?: AbortSignal } = {}): Promise<PublishResult> {
+    const stopSignal = this.running()
+    const signal = options.signal != null ? AbortSignal.any([stopSignal, options.signal]) : stopSignal
+    const value = await signRecord(record, privateKey)
+    const key = registryKeyString(record.name)
+    // kad-dht stores our own put locally without validating it: check here what peers will check.
+    const verified = await verifySignedRecord(key, value, this.allowedSigners)
+    const name = verified.record.name
+
+    const current = await this.fetch(name, AbortSignal.any([signal, AbortSignal.timeout(this.lookupTimeoutMs)]))
+    if (current != null && current.record.seq >= verified.record.seq && !sameBytes(current.value, value)) {
+      throw new RegistryConflictError(`the DHT already holds seq=${current.record.seq} for '${name}'; publish with a higher seq`)
+    }
+
+    const storedOn = await this.put(name, value, signal)
+    const now = this.clock()
+    this.remember(name, { ...verified, value })
+    this.lastUsed.set(name, now)
+    this.setCache(name, { record: verified.record, expiresAt: now + this.ttlMs })
+    this.log.debug({ key, seq: verified.record.seq, storedOn }, 'published registry record')
+    return { key, record: verified.record, signer: verified.signer, storedOn }
+  }
+
+  /**
+   * Puts again, unchanged, the signed values of names resolved within the used window, after
+   * checking the DHT for a newer one (re-putting an old value would roll storers back).
+   * Returns how many names were republished. Runs on a timer; public for tests.
+   */
+  async republishUsed (): Promise<number> {
+    const stopSignal = this.running()
+    const now = this.clock()
+    let count = 0
+    for (const [name, at] of [...this.lastUsed]) {
+      if (now - at > this.usedWindowMs) {
+        this.lastUsed.delete(name)
+        this.known.delete(name)
+        continue
+      }
+      if (!this.known.has(name)) continue
+      try {
+        const latest = await this.fetch(name, AbortSignal.any([stopSignal, AbortSignal.timeout(this.lookupTimeoutMs)]))
+        if (latest != null) this.remember(name, latest)
+        const best = this.known.get(name)
+        if (best == null) continue
+        if (latest != null) this.setCache(name, { record: best.record, expiresAt: this.clock() + this.ttlMs })
+        const storedOn = await this.put(name, best.value, AbortSignal.any([stopSignal, AbortSignal.timeout(30_000)]))
+        this.log.debug({ name, seq: best.record.seq, storedOn }, 'republished registry record')
+        count++
+      } catch (err) {
+        if (stopSignal.aborted) break
+        this.log.debug({ name, err: (err as Error).message }, 'republishing a registry record failed')
+      }
+    }
+    return count
+  }
+
+  private running (): AbortSignal {
+    if (this.controller == null) throw new Error('registry is not started')
+    return this.controller.signal
+  }
+
+  private schedule (): void {
+    // Jitter, so that nodes started together do not all republish at the same moment.
+    const delay = this.republishMs * (0.9 + Math.random() * 0.2)
+    this.timer = setTimeout(() => {
+      this.republishing = this.republishUsed()
+      void this.republishing
+        .catch(err => this.log.debug({ err: (err as Error).message }, 'republish round failed'))
+        .finally(() => {
+          this.republishing = undefined
+          if (this.controller != null) this.schedule()
+        })
+    }, delay)
+    // Never the reason a process stays alive: the node it serves decides that.
+    this.timer.unref()
+  }
+
+  private async lookup (name: string): Promise<CacheEntry> {
+    const signal = AbortSignal.any([this.running(), AbortSignal.timeout(this.lookupTimeoutMs)])
+    const found = await this.fetch(name, signal)
+    if (found != null) this.remember(name, found)
+    const now = this.clock()
+    // A failed lookup keeps serving the last good record: the DHT cannot delete records, so
+    // "none found" after we saw one means the lookup fell short, not that the service is gone.
+    const known = this.known.get(name)
+    const entry: CacheEntry = known != null
+      ? { record: known.record, expiresAt: now + (found != null ? this.ttlMs : this.negativeTtlMs) }
+      : { record: this.staticRecords.get(name), expiresAt: now + this.negativeTtlMs }
+    this.setCache(name, entry)
+    return entry
+  }
+
+  /**
+   * The best valid value the DHT returns for NAME, or undefined. Reads kad-dht's events
+   * rather than contentRouting.get: that throws away every answer when the query times out or
+   * when sending a correction to a stale peer fails, while the answers themselves are good.
+   */
+  private async fetch (name: string, signal: AbortSignal): Promise<SignedValue | undefined> {
+    const key = registryKey(name)
+    const candidates: Uint8Array[] = []
+    try {
+      for await (const event of this.node.services.dht.get(key, { signal })) {
+        if (event.name === 'VALUE') {
+          candidates.push(event.value)
+          break
+        }
+        if (event.name === 'PEER_RESPONSE' && event.record != null) candidates.push(event.record.value)
+      }
+    } catch (err) {
+      this.log.debug({ name, err: (err as Error).message, answers: candidates.length }, 'registry lookup ended early')
+    }
+
+    let best: SignedValue | undefined
+    const seen = new Set<string>()
+    for (const value of candidates) {
+      const id = Buffer.from(value).toString('base64')
+      if (seen.has(id)) continue
+      seen.add(id)
+      try {
+        const verified = await verifySignedRecord(key, value, this.allowedSigners)
+        if (best == null || verified.record.seq > best.record.seq) best = { ...verified, value }
+      } catch (err) {
+        this.log.debug({ name, err: (err as Error).message }, 'ignored an invalid registry value')
+      }
+    }
+    this.log.debug({ name, seq: best?.record.seq, answers: candidates.length }, 'registry lookup')
+    return best
+  }
+
+  /** Puts VALUE under NAME's key; returns how many peers confirmed storing it. */
+  private async put (name: string, value: Uint8Array, signal: AbortSignal): Promise<number> {
+    const stored = new Set<string>()
+    for await (const event of this.node.services.dht.put(registryKey(name), value, { signal })) {
+      if (event.name === 'PEER_RESPONSE' && event.messageName === 'PUT_VALUE' && event.record != null && sameBytes(event.record.value, value)) {
+        stored.add(event.from.toString())
+      }
+    }
+    return stored.size
+  }
+
+  /** Seq never goes backwards: a stale peer's answer must not replace a newer record. */
+  private remember (name: string, candidate: SignedValue): void {
+    const current = this.known.get(name)
+    if (current == null || candidate.record.seq > current.record.seq) this.known.set(name, candidate)
+  }
+
+  private setCache (name: string, entry: CacheEntry): void {
+    this.cache.delete(name)
+    this.cache.set(name, entry)
+    if (this.cache.size <= this.maxCacheEntries) return
+    const now = this.clock()
+    for (const [n, e] of this.cache) if (e.expiresAt <= now) this.cache.delete(n)
+    // Still full of live entries: drop the oldest (Map keeps insertion order).
+    while (this.cache.size > this.maxCacheEntries) {
+      const oldest = this.cache.keys().next().value
+      if (oldest == null) break
+      this.cache.delete(oldest)
+    }
+  }
+}
+
+function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
+  return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0
+}
+
+/** Waits for P, or rejects when SIGNAL aborts; P itself goes on (other callers may share it). */
+async function raceSignal<T> (p: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (signal == null) return await p
+  signal.throwIfAborted()
+  return await new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => { reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    p.then(
+      value => { signal.removeEventListener('abort', onAbort); resolve(value) },
+      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
+    )
+  })
+}

@@ -1,0 +1,265 @@
+import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { dirname, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+
+export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
+
+export type BinName = 'hyphae-proxy' | 'hyphae-allocator' | 'hyphae'
+
+/** What every daemon prints on its `ready` line (DESIGN.md); daemons may add more fields. */
+export interface DaemonReady {
+  peerId: string
+  multiaddrs: string[]
+  http: unknown
+  [field: string]: unknown
+}
+
+export interface SpawnOptions {
+  /** Added to (and overriding) the test process's environment. */
+  env?: Record<string, string | undefined>
+  /** How long to wait for readiness (or, for runCli, for the exit). Default 20 s. */
+  timeoutMs?: number
+  cwd?: string
+}
+
+export interface StartedProcess<R> {
+  proc: ChildProcess
+  pid: number
+  /** What the readiness line carried: the parsed JSON for daemons. */
+  ready: R
+  /** Every stdout line so far, the readiness line included; keeps growing. */
+  stdoutLines: string[]
+  /** Everything written to stderr so far (its last 4 MiB). */
+  readonly stderr: string
+  /** Resolves once a stdout line matches, looking at earlier lines too. */
+  waitForStdout: (pattern: RegExp, timeoutMs?: number) => Promise<string>
+  /** Signals the process, SIGKILLs its process group after 5 s, resolves with the exit code (null: killed by a signal). */
+  stop: (signal?: NodeJS.Signals) => Promise<number | null>
+}
+
+export type Daemon = StartedProcess<DaemonReady>
+
+export interface CliResult {
+  code: number | null
+  stdout: string
+  stderr: string
+}
+
+const DEFAULT_TIMEOUT_MS = 20_000
+const KILL_AFTER_MS = 5_000
+const STDERR_KEEP = 4 * 1024 * 1024
+
+/**
+ * Processes started by this module and not yet stopped, so that an afterAll can end what a
+ * failed test left behind. This is the one piece of module state: vitest gives every test file
+ * its own module instance, which is exactly the scope an afterAll cleans.
+ */
+const live = new Set<StartedProcess<unknown>>()
+
+/** Resolves a package.json bin name to the absolute path of its built script. */
+export function binPath (bin: BinName): string {
+  const pkg = JSON.parse(readFileSync(resolve(REPO_ROOT, 'package.json'), 'utf8')) as { bin?: Record<string, string> }
+  const rel = pkg.bin?.[bin]
+  if (rel === undefined) throw new Error(`package.json has no bin ${bin}`)
+  return resolve(REPO_ROOT, rel)
+}
+
+/** Starts a hyphae daemon from dist/ and resolves once it printed `ready <json>`. */
+export async function startDaemon (bin: BinName, args: string[], opts: SpawnOptions = {}): Promise<Daemon> {
+  return await startProcess(binPath(bin), args, {
+    ...opts,
+    isReady: line => {
+      if (!line.startsWith('ready ')) return undefined
+      const ready = JSON.parse(line.slice('ready '.length)) as DaemonReady
+      if (typeof ready.peerId !== 'string' || !Array.isArray(ready.multiaddrs)) {
+        throw new Error(`ready line lacks peerId or multiaddrs: ${line}`)
+      }
+      return ready
+    }
+  })
+}
+
+export interface StartProcessOptions<R> extends SpawnOptions {
+  /** Returns what the line announces when it means "ready", undefined otherwise; a throw fails the start. */
+  isReady: (line: string) => R | undefined
+}
+
+/** Runs `node script args…` and resolves once a stdout line satisfies `isReady`. */
+export async function startProcess<R> (script: string, args: string[], opts: StartProcessOptions<R>): Promise<StartedProcess<R>> {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
+  // Its own process group, so that the SIGKILL fallback also takes whatever it started.
+  const proc = spawn(process.execPath, [script, ...args], {
+    cwd: opts.cwd ?? REPO_ROOT,
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true
+  })
+  const stdoutLines: string[] = []
+  const lineWaiters = new Set<(line: string) => void>()
+  let stderr = ''
+  let spawnError: Error | undefined
+  proc.once('error', err => { spawnError = err })
+  const exited = exitOf(proc)
+
+  proc.stderr?.setEncoding('utf8')
+  proc.stderr?.on('data', (text: string) => {
+    stderr += text
+    if (stderr.length > STDERR_KEEP) stderr = stderr.slice(-STDERR_KEEP)
+  })
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream, crlfDelay: Infinity })
+  lines.on('line', line => {
+    stdoutLines.push(line)
+    for (const waiter of lineWaiters) waiter(line)
+  })
+
+  const describe = `${script} ${args.join(' ')}`.trim()
+  const failure = (why: string): Error =>
+    new Error(`${describe}: ${why}\n--- stderr ---\n${stderr}\n--- stdout ---\n${stdoutLines.join('\n')}`)
+
+  const waitForStdout = async (pattern: RegExp, waitMs = DEFAULT_TIMEOUT_MS): Promise<string> => {
+    const seen = stdoutLines.find(line => pattern.test(line))
+    if (seen !== undefined) return seen
+    return await new Promise<string>((resolve, reject) => {
+      const timer = setTimeout(() => { done(); reject(failure(`no stdout line matched ${String(pattern)} within ${waitMs} ms`)) }, waitMs)
+      const waiter = (line: string): void => { if (pattern.test(line)) { done(); resolve(line) } }
+      let settled = false
+      const done = (): void => { settled = true; clearTimeout(timer); lineWaiters.delete(waiter) }
+      lineWaiters.add(waiter)
+      void exited.then(() => {
+        if (!settled) { done(); reject(failure(`exited before a stdout line matched ${String(pattern)}`)) }
+      })
+    })
+  }
+
+  let stopping: Promise<number | null> | undefined
+  const started: StartedProcess<R> = {
+    proc,
+    pid: proc.pid ?? -1,
+    ready: undefined as R,
+    stdoutLines,
+    get stderr () { return stderr },
+    waitForStdout,
+    stop: async (signal: NodeJS.Signals = 'SIGTERM') => {
+      stopping ??= (async () => {
+        if (proc.exitCode === null && proc.signalCode === null) {
+          proc.kill(signal)
+          const killer = setTimeout(() => { killGroup(proc) }, KILL_AFTER_MS)
+          try {
+            return await exited
+          } finally {
+            clearTimeout(killer)
+            untrack(started as StartedProcess<unknown>)
+          }
+        }
+        untrack(started as StartedProcess<unknown>)
+        return await exited
+      })()
+      return await stopping
+    }
+  }
+  track(started as StartedProcess<unknown>)
+
+  try {
+    started.ready = await new Promise<R>((resolve, reject) => {
+      const timer = setTimeout(() => { done(); reject(failure(`not ready within ${timeoutMs} ms`)) }, timeoutMs)
+      const check = (line: string): void => {
+        try {
+          const ready = opts.isReady(line)
+          if (ready !== undefined) { done(); resolve(ready) }
+        } catch (err) {
+          done()
+          reject(failure(`bad readiness line: ${err instanceof Error ? err.message : String(err)}`))
+        }
+      }
+      let settled = false
+      const done = (): void => { settled = true; clearTimeout(timer); lineWaiters.delete(check) }
+      lineWaiters.add(check)
+      void exited.then(code => {
+        if (settled) return
+        done()
+        const why = spawnError !== undefined ? spawnError.message : `exited (code ${String(code)}, signal ${String(proc.signalCode)})`
+        reject(failure(`${why} before it was ready`))
+      })
+    })
+  } catch (err) {
+    killGroup(proc)
+    await exited
+    untrack(started as StartedProcess<unknown>)
+    throw err
+  }
+  return started
+}
+
+/** Runs a one-shot command to its end; rejects (after killing it) if it outlives the timeout. */
+export async function runCli (bin: BinName, args: string[], opts: SpawnOptions & { input?: string } = {}): Promise<CliResult> {
+  const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
+  const proc = spawn(process.execPath, [binPath(bin), ...args], {
+    cwd: opts.cwd ?? REPO_ROOT,
+    env: { ...process.env, ...opts.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+    detached: true
+  })
+  let stdout = ''
+  let stderr = ''
+  proc.stdout.setEncoding('utf8').on('data', (text: string) => { stdout += text })
+  proc.stderr.setEncoding('utf8').on('data', (text: string) => { stderr += text })
+  proc.stdin.on('error', () => {})
+  proc.stdin.end(opts.input ?? '')
+  return await new Promise<CliResult>((resolve, reject) => {
+    const timer = setTimeout(() => {
+      killGroup(proc)
+      reject(new Error(`${bin} ${args.join(' ')}: still running after ${timeoutMs} ms\n--- stderr ---\n${stderr}\n--- stdout ---\n${stdout}`))
+    }, timeoutMs)
+    proc.once('error', err => { clearTimeout(timer); reject(err) })
+    proc.once('close', code => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
+  })
+}
+
+/** Stops every process this module started and that is still running (for afterAll). */
+export async function stopAllDaemons (): Promise<void> {
+  await Promise.all([...live].map(async p => await p.stop()))
+}
+
+/**
+ * Resolves with the exit code once the process exited and its output was read. Waits for
+ * 'close' only briefly: a grandchild that inherited the pipes would otherwise hold it open.
+ */
+async function exitOf (proc: ChildProcess): Promise<number | null> {
+  const closed = new Promise<void>(resolve => proc.once('close', () => { resolve() }))
+  const code = await new Promise<number | null>(resolve => {
+    // A failed spawn emits 'error' and never 'exit'.
+    proc.once('error', () => { resolve(null) })
+    proc.once('exit', code => { resolve(code) })
+  })
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([closed, new Promise<void>(resolve => { timer = setTimeout(resolve, 1_000) })])
+  clearTimeout(timer)
+  return code
+}
+
+/** Last resort when a test run dies with processes alive: they must not outlive it. */
+function killLeftovers (): void {
+  for (const started of live) killGroup(started.proc)
+}
+
+function track (started: StartedProcess<unknown>): void {
+  if (live.size === 0) process.once('exit', killLeftovers)
+  live.add(started)
+}
+
+function untrack (started: StartedProcess<unknown>): void {
+  if (live.delete(started) && live.size === 0) process.off('exit', killLeftovers)
+}
+
+function killGroup (proc: ChildProcess): void {
+  if (proc.pid === undefined || proc.exitCode !== null || proc.signalCode !== null) return
+  try {
+    // Negative PID: the process group this module created with detached: true.
+    process.kill(-proc.pid, 'SIGKILL')
+  } catch {
+    // The group is gone already (or was never made): the process alone is what is left.
+    try { proc.kill('SIGKILL') } catch { /* it exited meanwhile */ }
+  }
+}

@@ -1,0 +1,70 @@
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { REPO_ROOT, startDaemon, startProcess, type Daemon, type StartedProcess } from './daemon.js'
+
+export const HELLO_SCRIPT = resolve(REPO_ROOT, 'dist/examples/hello/server.js')
+
+/** A scratch directory with a config file; `cleanup()` removes it. */
+export interface TestConfig {
+  dir: string
+  file: string
+  cleanup: () => Promise<void>
+}
+
+export async function writeTestConfig (services: Record<string, unknown>, perf = { soft: 100, hard: 1000 }): Promise<TestConfig> {
+  const dir = await mkdtemp(join(tmpdir(), 'hyphae-test-'))
+  const file = join(dir, 'conf.json')
+  await writeFile(file, JSON.stringify({
+    Perf: { SoftReq: { RTT: perf.soft }, HardReq: { RTT: perf.hard } },
+    Bootstraps: [],
+    Services: services,
+    RegistryKeys: []
+  }))
+  return { dir, file, cleanup: async () => { await rm(dir, { recursive: true, force: true }) } }
+}
+
+export type App = StartedProcess<number> & { port: number }
+
+/** The example app on an ephemeral port. */
+export async function startHelloApp (instance?: string): Promise<App> {
+  const app = await startProcess(HELLO_SCRIPT, [], {
+    env: { PORT: '0', ...(instance != null ? { INSTANCE: instance } : {}) },
+    isReady: line => {
+      const match = /^listening (\d+)$/.exec(line)
+      return match == null ? undefined : Number(match[1])
+    }
+  })
+  return Object.assign(app, { port: app.ready })
+}
+
+/** A free TCP port on 127.0.0.1 (for daemons whose address must be known before they start). */
+export async function freePort (): Promise<number> {
+  const server = createServer()
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  const port = (server.address() as { port: number }).port
+  await new Promise<void>(resolve => server.close(() => { resolve() }))
+  return port
+}
+
+export function bootstrapAddr (daemon: Daemon): string {
+  return daemon.ready.multiaddrs[0]
+}
+
+export async function startClientProxy (config: TestConfig, bootstrap: Daemon | undefined, extra: string[] = []): Promise<Daemon> {
+  return await startDaemon('hyphae-proxy', ['--configfile', config.file, ...(bootstrap != null ? ['--bootstrap', bootstrapAddr(bootstrap)] : []), ...extra, '0'])
+}
+
+export async function startServerProxy (config: TestConfig, bootstrap: Daemon, service: string, appPort: number, extra: string[] = []): Promise<Daemon> {
+  return await startDaemon('hyphae-proxy', ['--configfile', config.file, '--bootstrap', bootstrapAddr(bootstrap), '--metrics', '0', ...extra, '0', service, `127.0.0.1:${appPort}`])
+}
+
+/** Resident set size of a process in bytes, from /proc. */
+export async function rssOf (pid: number): Promise<number> {
+  const { readFile } = await import('node:fs/promises')
+  const status = await readFile(`/proc/${pid}/status`, 'utf8')
+  const match = /VmRSS:\s+(\d+) kB/.exec(status)
+  if (match == null) throw new Error(`no VmRSS for ${pid}`)
+  return Number(match[1]) * 1024
+}
