@@ -20,6 +20,7 @@ Options:
   --registry-ttl SECONDS  how long a registry record is cached (default 60)
   --response-timeout MS   time allowed for an instance to answer (default 30000)
   --health-interval MS    server mode: how often the app's health path is checked (default 1000)
+  --stream-per-request    open one libp2p stream per request instead of reusing pooled streams
   --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
   -h, --help              this text`
 
@@ -34,7 +35,8 @@ runDaemon('hyphae-proxy', async () => {
     ...COMMON_OPTIONS,
     'registry-ttl': { type: 'string' },
     'response-timeout': { type: 'string' },
-    'health-interval': { type: 'string' }
+    'health-interval': { type: 'string' },
+    'stream-per-request': { type: 'boolean' }
   })
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`)
@@ -57,7 +59,8 @@ runDaemon('hyphae-proxy', async () => {
     port,
     server: server != null ? { ...server, healthIntervalMs } : undefined,
     metricsPort,
-    responseTimeoutMs
+    responseTimeoutMs,
+    streamPerRequest: values['stream-per-request'] === true
   })
   const stop = async (): Promise<void> => {
     base.log.info('stopping')

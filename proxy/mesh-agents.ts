@@ -21,8 +21,8 @@ export const SERVER_KEEP_ALIVE_MS = 35_000
  * for many requests: opening a stream costs ~1.3 ms here, most of a request's overhead.
  */
 class PeerAgent extends Agent {
-  constructor (private readonly node: MeshNode, private readonly peer: PeerId) {
-    super({ keepAlive: true, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo', timeout: POOLED_STREAM_IDLE_MS })
+  constructor (private readonly node: MeshNode, private readonly peer: PeerId, reuseStreams: boolean) {
+    super({ keepAlive: reuseStreams, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo', timeout: POOLED_STREAM_IDLE_MS })
   }
 
   override createConnection (_options: ClientRequestArgs, callback?: (err: Error | null, socket: Duplex) => void): Duplex | null | undefined {
@@ -37,13 +37,17 @@ class PeerAgent extends Agent {
 export class MeshAgents {
   private readonly agents = new Map<string, PeerAgent>()
 
-  constructor (private readonly node: MeshNode) {}
+  /**
+   * @param reuseStreams keep streams open for further requests (the default between hyphae
+   * peers); false: one stream per request, as the libp2p HTTP spec suggests.
+   */
+  constructor (private readonly node: MeshNode, private readonly reuseStreams = true) {}
 
   for (peer: PeerId): Agent {
     const key = peer.toString()
     let agent = this.agents.get(key)
     if (agent == null) {
-      agent = new PeerAgent(this.node, peer)
+      agent = new PeerAgent(this.node, peer, this.reuseStreams)
       this.agents.set(key, agent)
     }
     return agent

@@ -32,6 +32,8 @@ export interface ProxyInit {
   responseTimeoutMs?: number
   /** How long a stopping server proxy waits for requests in flight. */
   drainMs?: number
+  /** One libp2p stream per request instead of pooled keep-alive streams. */
+  streamPerRequest?: boolean
 }
 
 /**
@@ -59,7 +61,7 @@ export class Proxy {
       registers: [this.metrics]
     })
     const retries = new Counter({ name: 'hyphae_proxy_retries_total', help: 'Requests retried on another instance', labelNames: ['service'], registers: [this.metrics] })
-    this.agents = new MeshAgents(init.node)
+    this.agents = new MeshAgents(init.node, init.streamPerRequest !== true)
     const router = new Router({
       finder: new PeerFinder({ node: init.node, log: init.log }),
       defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs }

@@ -91,7 +91,10 @@ export class StreamSocket extends Duplex {
     this.stream.removeEventListener('message', this.onMessage)
     this.stream.removeEventListener('remoteCloseWrite', this.onRemoteCloseWrite)
     this.stream.removeEventListener('close', this.onClose)
-    if (this.stream.status === 'open' || this.stream.status === 'closing') {
+    // A socket that ended cleanly both ways leaves the stream to finish closing (aborting
+    // would drop bytes still queued); anything else resets it.
+    const clean = error == null && this.writableFinished && this.readableEnded
+    if (!clean && (this.stream.status === 'open' || this.stream.status === 'closing')) {
       this.stream.abort(error ?? new Error('socket destroyed'))
     }
     callback(error)

@@ -58,7 +58,10 @@ export async function createMeshNode (init: MeshNodeInit): Promise<MeshNode> {
         initialStreamWindowSize: STREAM_WINDOW.initial,
         maxStreamWindowSize: STREAM_WINDOW.max,
         // Pooled HTTP streams sit idle between requests; the HTTP layer times them out.
-        inactivityTimeout: 10 * 60_000
+        inactivityTimeout: 10 * 60_000,
+        // A paused reader still receives up to a full window: the default 4 MiB limit would
+        // reset a stream whose window has grown past it.
+        maxReadBufferLength: 2 * STREAM_WINDOW.max
       },
       maxInboundStreams: 4096,
       maxOutboundStreams: 4096

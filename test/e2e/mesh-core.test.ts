@@ -4,6 +4,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PATTERN_BLOCK } from '../../examples/hello/server.js'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json, patternStream, sha256OfStream } from '../helpers/http.js'
+import { multiaddr } from '@multiformats/multiaddr'
+import { startTestNode } from '../helpers/nodes.js'
 import { rssOf, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
 
 /**
@@ -168,5 +170,23 @@ describe('mesh core end to end', () => {
     const metrics = await http(`${metricsBase}/metrics`)
     expect(metrics.body.toString()).toMatch(/hyphae_instance_requests_total\{status="200"\} \d+/)
     expect(metrics.body.toString()).toContain('hyphae_instance_advertised 1')
+  })
+
+  it('serves a one-request stream from a plain libp2p HTTP client (spec style)', async () => {
+    const node = await startTestNode()
+    try {
+      const stream = await node.dialProtocol(multiaddr(server.ready.multiaddrs[0]), '/http/1.1', { signal: AbortSignal.timeout(5000) })
+      stream.send(new TextEncoder().encode('GET /echo/spec?q=1 HTTP/1.1\r\nHost: example\r\nX-Spec: yes\r\n\r\n'))
+      await stream.close()
+      const chunks: Uint8Array[] = []
+      for await (const chunk of stream) chunks.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+      const text = Buffer.concat(chunks).toString('utf8')
+      expect(text).toMatch(/^HTTP\/1\.1 200 OK\r\n/)
+      const body = JSON.parse(text.slice(text.indexOf('\r\n\r\n') + 4).replace(/^[0-9a-f]+\r\n|\r\n0\r\n\r\n$/g, '')) as { url: string, headers: Record<string, string> }
+      expect(body.url).toBe('/echo/spec?q=1')
+      expect(body.headers['x-spec']).toBe('yes')
+    } finally {
+      await node.stop()
+    }
   })
 })

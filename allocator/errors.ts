@@ -1,0 +1,30 @@
+/**
+ * Why an instance could not be provided. The code is stable: it travels to the asking peer in
+ * the `/hyphae/alloc/1.0.0` error reply, and clients and tests match on it.
+ */
+export type AllocationErrorCode =
+  /** The runtime could not start the app, or the app kept exiting before it became healthy. */
+  | 'start_failed'
+  /** The app ran but its health path never passed before the start deadline. */
+  | 'unhealthy'
+  /** The app never answered its health path at all before the start deadline. */
+  | 'timeout'
+  /** The app was healthy but its server proxy would not start. */
+  | 'sidecar_failed'
+  /** The record's image is neither local nor pullable. */
+  | 'image_unavailable'
+  /** The runtime the record needs (e.g. the Docker Engine) does not answer on this host. */
+  | 'runtime_unavailable'
+  /** The allocator stopped the instance while it was starting. */
+  | 'aborted'
+
+export class AllocationError extends Error {
+  override name = 'AllocationError'
+  constructor (readonly code: AllocationErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options)
+  }
+}
+
+export function isAbortError (err: unknown): boolean {
+  return err instanceof Error && (err.name === 'AbortError' || (err instanceof AllocationError && err.code === 'aborted'))
+}

@@ -1,0 +1,26 @@
+import { describe, expect, it } from 'vitest'
+import { forwardRawHeaders, trailerPairs } from '../../proxy/headers.js'
+
+describe('forwardRawHeaders', () => {
+  it('drops hop-by-hop headers and those named in Connection, keeping the rest byte-exact and in order', () => {
+    const out = forwardRawHeaders([
+      'Host', 'a', 'Connection', 'keep-alive, X-Secret', 'X-Secret', '1', 'Keep-Alive', 'timeout=5',
+      'Transfer-Encoding', 'chunked', 'TE', 'trailers', 'Upgrade', 'h2c', 'Proxy-Authorization', 'x',
+      'X-MiXeD', 'Value  with  spaces', 'Trailer', 'X-Checksum'
+    ])
+    expect(out).toEqual(['Host', 'a', 'X-MiXeD', 'Value  with  spaces', 'Trailer', 'X-Checksum', 'Via', '1.1 hyphae'])
+  })
+
+  it('appends to Via and X-Forwarded-For and sets X-Forwarded-Prefix', () => {
+    const out = forwardRawHeaders(['via', '1.0 edge', 'X-Forwarded-For', '10.0.0.1', 'X-Forwarded-Prefix', '/spoofed'], { forwardedFor: '127.0.0.1', forwardedPrefix: '/hello' })
+    expect(out).toEqual(['Via', '1.0 edge, 1.1 hyphae', 'X-Forwarded-For', '10.0.0.1, 127.0.0.1', 'X-Forwarded-Prefix', '/hello'])
+  })
+
+  it('leaves X-Forwarded-* alone on responses', () => {
+    expect(forwardRawHeaders(['X-Forwarded-For', '1.2.3.4'])).toEqual(['X-Forwarded-For', '1.2.3.4', 'Via', '1.1 hyphae'])
+  })
+
+  it('pairs raw trailers', () => {
+    expect(trailerPairs(['X-A', '1', 'x-b', '2'])).toEqual([['X-A', '1'], ['x-b', '2']])
+  })
+})
