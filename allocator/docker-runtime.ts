@@ -50,7 +50,9 @@ export class DockerRuntime implements Runtime {
   async available (): Promise<boolean> {
     const signal = AbortSignal.timeout(this.init.pingTimeoutMs ?? 2000)
     try {
-      await this.docker.ping({ abortSignal: signal })
+      // dockerode takes an abortSignal here; its type definitions do not know it yet.
+      const ping = this.docker.ping.bind(this.docker) as unknown as (opts: { abortSignal: AbortSignal }) => Promise<unknown>
+      await ping({ abortSignal: signal })
       return true
     } catch {
       return false
@@ -212,13 +214,13 @@ export class DockerRuntime implements Runtime {
       let reason = `exited with code ${String(code)}`
       try {
         const state = (await container.inspect()).State
-        if (state.OOMKilled) reason = `killed for exceeding its memory limit (exit code ${String(code)})`
+        if (state.OOMKilled) reason = `was killed for exceeding its memory limit (exit code ${String(code)})`
       } catch {
         // Removed meanwhile: the status code is all we know.
       }
       return { code, reason }
     } catch (err) {
-      return { code: null, reason: ignorable(err, [404]) ? 'container removed' : `lost track of the container: ${message(err)}` }
+      return { code: null, reason: ignorable(err, [404]) ? 'was removed' : `could not be watched: ${message(err)}` }
     }
   }
 

@@ -17,6 +17,15 @@ export type AllocationErrorCode =
   | 'runtime_unavailable'
   /** The allocator stopped the instance while it was starting. */
   | 'aborted'
+  /** The request is not `{"service": NAME}` in one frame of at most 16 KiB. */
+  | 'bad_request'
+  /** No valid signed registry record (nor static record) names the service. */
+  | 'unknown_service'
+  /** No room: --max-instances, or the cpu/memory the record asks for. */
+  | 'capacity'
+  /** The allocator is stopping. */
+  | 'shutting_down'
+  | 'internal'
 
 export class AllocationError extends Error {
   override name = 'AllocationError'

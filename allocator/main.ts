@@ -1,5 +1,121 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
+import { COMMON_OPTIONS, parseCommandLine, parsePort } from '../shared/config.js'
+import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
+import { UsageError } from '../shared/errors.js'
+import { MetricsServer } from '../shared/metrics-server.js'
+import { Allocator } from './allocator.js'
+import { chooseRuntime } from './runtimes.js'
+import { InProcessSidecars, ProcessSidecars } from './sidecar.js'
 
-process.stderr.write('hyphae-allocator: not yet implemented\n')
-process.exit(1)
+const USAGE = `usage: hyphae-allocator [OPTIONS]
+
+Starts, watches, relaunches and culls instances of services on this host, on request from
+the mesh, as their signed registry records describe.
+
+Options:
+  --runtime KIND          docker, process, or auto (default: docker when an engine answers, else process)
+  --max-instances N       most instances at once (default 16)
+  --idle-timeout SECONDS  stop an instance idle this long (default 60)
+  --health-interval MS    how often each instance's health path is checked (default 1000)
+  --unhealthy-after N     failed checks in a row before a relaunch (default 3)
+  --healthy-after N       passing checks before a relaunched instance counts as healthy (default 2)
+  --start-timeout MS      time for an instance to become healthy (default 30000)
+  --sidecar KIND          where each instance's server proxy runs: in-process (default: a libp2p
+                          node of its own inside the allocator) or process (a hyphae-proxy each)
+  --configfile PATH       config file (default: conf/conf.json of the package)
+  --key FILE              identity key, created (0600) when missing
+  --listen MULTIADDR      libp2p listen address (repeatable; default /ip4/127.0.0.1/tcp/0)
+  --announce MULTIADDR    address others should dial (repeatable)
+  --bootstrap MULTIADDR   bootstrap peer (repeatable; none: this is the first node)
+  --psk FILE              private network key (else $P2P_PSK)
+  --metrics PORT          Prometheus metrics on 127.0.0.1:PORT (default 9101; 0: any free port)
+  --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
+  -h, --help              this text`
+
+function positiveInt (text: string | undefined, what: string, fallback: number): number {
+  if (text == null) return fallback
+  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
+  return Number(text)
+}
+
+runDaemon('hyphae-allocator', async () => {
+  const { values, positionals } = parseCommandLine(process.argv.slice(2), {
+    ...COMMON_OPTIONS,
+    runtime: { type: 'string' },
+    'max-instances': { type: 'string' },
+    'idle-timeout': { type: 'string' },
+    'health-interval': { type: 'string' },
+    'unhealthy-after': { type: 'string' },
+    'healthy-after': { type: 'string' },
+    'start-timeout': { type: 'string' },
+    sidecar: { type: 'string' }
+  })
+  if (values.help === true) {
+    process.stdout.write(`${USAGE}\n`)
+    return undefined
+  }
+  if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}' (see --help)`)
+  const runtimeKind = values.runtime ?? 'auto'
+  if (!['auto', 'docker', 'process'].includes(runtimeKind)) throw new UsageError(`invalid --runtime '${runtimeKind}': expected docker, process or auto`)
+  const sidecarKind = values.sidecar ?? 'in-process'
+  if (sidecarKind !== 'in-process' && sidecarKind !== 'process') throw new UsageError(`invalid --sidecar '${sidecarKind}': expected in-process or process`)
+  const metricsPort = parsePort(values.metrics, '--metrics', 9101)
+  const settings = {
+    maxInstances: positiveInt(values['max-instances'], '--max-instances', 16),
+    idleTimeoutS: positiveInt(values['idle-timeout'], '--idle-timeout', 60),
+    healthIntervalMs: positiveInt(values['health-interval'], '--health-interval', 1000),
+    unhealthyAfter: positiveInt(values['unhealthy-after'], '--unhealthy-after', 3),
+    healthyAfter: positiveInt(values['healthy-after'], '--healthy-after', 2),
+    startTimeoutMs: positiveInt(values['start-timeout'], '--start-timeout', 30_000)
+  }
+
+  const base = await startMeshBase({ name: 'hyphae-allocator', options: values })
+  const { node, log } = base
+  const stopBase = async (): Promise<void> => {
+    await base.registry.stop()
+    await node.stop()
+  }
+  let allocator: Allocator | undefined
+  let metrics: MetricsServer | undefined
+  try {
+    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', log)
+    const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
+    const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
+    const sidecars = sidecarKind === 'process'
+      ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs })
+      : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs })
+    allocator = new Allocator({ node, registry: base.registry, runtime, sidecars, log, ...settings })
+    await allocator.start()
+    const current = allocator
+    metrics = new MetricsServer({
+      port: metricsPort,
+      registry: allocator.metrics,
+      routes: { '/instances': () => ({ type: 'json', body: JSON.stringify(current.list()) }) }
+    })
+    const boundMetrics = await metrics.start()
+    log.info({ peerId: node.peerId.toString(), runtime: runtime.kind, metrics: boundMetrics }, 'allocator ready')
+    printReady({
+      peerId: node.peerId.toString(),
+      multiaddrs: node.getMultiaddrs().map(ma => ma.toString()),
+      http: `http://127.0.0.1:${boundMetrics}`,
+      metrics: boundMetrics,
+      runtime: runtime.kind
+    })
+  } catch (err) {
+    await allocator?.stop().catch(() => {})
+    await metrics?.stop().catch(() => {})
+    await stopBase().catch(() => {})
+    throw err
+  }
+  const running = allocator
+  const runningMetrics = metrics
+  return {
+    stop: async () => {
+      log.info('stopping: removing the instances this allocator started')
+      await running.stop()
+      await runningMetrics.stop()
+      await stopBase()
+    }
+  }
+})

@@ -94,7 +94,7 @@ export class ProcessRuntime implements Runtime {
       child.once('exit', (code, signal) => {
         // An app that died on its own may leave children holding its port; a relaunch needs it.
         if (!proc.stopping) signalGroup(proc.pgid, 'SIGKILL')
-        resolve({ code, reason: code !== null ? `exited with code ${code}` : `killed by ${signal ?? 'a signal'}` })
+        resolve({ code, reason: code !== null ? `exited with code ${code}` : `was killed by ${signal ?? 'a signal'}` })
       })
     })
     log.debug({ pid, port: spec.hostPort }, 'process started')

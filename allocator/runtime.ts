@@ -16,7 +16,7 @@ export interface InstanceSpec {
 export interface InstanceExit {
   /** Exit status; null when a signal ended it or the status is unknown (container removed). */
   code: number | null
-  /** For logs and coded errors: "exited with code 3", "killed by SIGKILL", "out of memory". */
+  /** Completes "the app …" in logs and errors: "exited with code 3", "was killed by SIGKILL". */
   reason: string
 }
 

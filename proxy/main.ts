@@ -21,6 +21,7 @@ Options:
   --response-timeout MS   time allowed for an instance to answer (default 30000)
   --health-interval MS    server mode: how often the app's health path is checked (default 1000)
   --stream-per-request    open one libp2p stream per request instead of reusing pooled streams
+  --cold-start-timeout MS how long requests wait for an instance to be started (default 30000)
   --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
   -h, --help              this text`
 
@@ -36,7 +37,8 @@ runDaemon('hyphae-proxy', async () => {
     'registry-ttl': { type: 'string' },
     'response-timeout': { type: 'string' },
     'health-interval': { type: 'string' },
-    'stream-per-request': { type: 'boolean' }
+    'stream-per-request': { type: 'boolean' },
+    'cold-start-timeout': { type: 'string' }
   })
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`)
@@ -60,7 +62,8 @@ runDaemon('hyphae-proxy', async () => {
     server: server != null ? { ...server, healthIntervalMs } : undefined,
     metricsPort,
     responseTimeoutMs,
-    streamPerRequest: values['stream-per-request'] === true
+    streamPerRequest: values['stream-per-request'] === true,
+    coldStartTimeoutMs: parsePositiveInt(values['cold-start-timeout'], '--cold-start-timeout', 30_000)
   })
   const stop = async (): Promise<void> => {
     base.log.info('stopping')

@@ -6,6 +6,7 @@ import { MetricsServer } from '../shared/metrics-server.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { Advertiser } from './advertiser.js'
+import { ColdStarter } from './cold-start.js'
 import { Ingress, type RecordSource } from './ingress.js'
 import { InstanceServer } from './instance-server.js'
 import { MeshAgents } from './mesh-agents.js'
@@ -34,6 +35,8 @@ export interface ProxyInit {
   drainMs?: number
   /** One libp2p stream per request instead of pooled keep-alive streams. */
   streamPerRequest?: boolean
+  /** How long requests wait for a cold start before a 504. */
+  coldStartTimeoutMs?: number
 }
 
 /**
@@ -62,8 +65,10 @@ export class Proxy {
     })
     const retries = new Counter({ name: 'hyphae_proxy_retries_total', help: 'Requests retried on another instance', labelNames: ['service'], registers: [this.metrics] })
     this.agents = new MeshAgents(init.node, init.streamPerRequest !== true)
+    const finder = new PeerFinder({ node: init.node, log: init.log })
     const router = new Router({
-      finder: new PeerFinder({ node: init.node, log: init.log }),
+      finder,
+      coldStarter: new ColdStarter({ node: init.node, finder, log: init.log, timeoutMs: init.coldStartTimeoutMs }),
       defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs }
     })
     this.ingress = new Ingress({

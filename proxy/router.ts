@@ -2,6 +2,7 @@ import type { PeerId } from '@libp2p/interface'
 import { serviceCid } from '../shared/cids.js'
 import { MeshError } from '../shared/errors.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
+import type { ColdStarter } from './cold-start.js'
 import type { Candidate, PeerFinder } from './peer-finder.js'
 
 export interface RttLimits {
@@ -13,6 +14,8 @@ export interface RouterInit {
   finder: PeerFinder
   /** The config's Perf defaults, for records that name no RTTs. */
   defaults: RttLimits
+  /** Starts an instance when none is within the hard RTT; none: answer 503. */
+  coldStarter?: ColdStarter
   /** How long a discovered set of instances is used before the DHT is asked again. */
   cacheTtlMs?: number
   now?: () => number
@@ -56,10 +59,14 @@ export class Router {
       candidates = await this.discover(record, key, signal)
     }
     const best = candidates.find(c => !exclude.has(c.id.toString()))
-    if (best == null) {
-      throw new MeshError(503, 'no_instance', `no instance of '${record.name}' within its hard RTT of ${this.limits(record).hardRttMs} ms`)
-    }
-    return best
+    if (best != null) return best
+    const { hardRttMs } = this.limits(record)
+    if (this.init.coldStarter == null) throw new MeshError(503, 'no_instance', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms`)
+    const started = await this.init.coldStarter.start(record, hardRttMs)
+    const entry = this.cache.get(key)
+    const known = entry?.candidates.filter(c => !c.id.equals(started.id)) ?? []
+    this.cache.set(key, { candidates: [...known, started].sort((a, b) => a.rttMs - b.rttMs), expiresAt: this.now() + this.cacheTtlMs })
+    return started
   }
 
   /** Forgets an instance that failed a request; it comes back only if the DHT offers it again. */

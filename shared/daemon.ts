@@ -15,6 +15,8 @@ export interface MeshBase {
   privateKey: PrivateKey
   node: MeshNode
   registry: Registry
+  /** The private network key, when the mesh has one. */
+  psk?: Uint8Array
 }
 
 export interface MeshBaseInit {
@@ -52,7 +54,7 @@ export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
   }
   const registry = new Registry({ node, staticRecords: config.services, allowedSigners: config.registryKeys, log, ttlMs: init.registryTtlMs })
   registry.start()
-  return { config, log, privateKey, node, registry }
+  return { config, log, privateKey, node, registry, psk }
 }
 
 /** The one `ready <json>` line on stdout that scripts and tests wait for. */

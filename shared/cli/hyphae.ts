@@ -74,7 +74,7 @@ const COMMANDS: Readonly<Record<string, Command>> = {
   up: {
     usage: 'hyphae up [OPTIONS]',
     summary: 'run a whole local mesh on this machine (demo)',
-    run: up
+    run: async (argv, io) => await (await import('./up.js')).up(argv, io)
   }
 }
 
@@ -197,16 +197,6 @@ async function registryGet (argv: string[], io: Io): Promise<number> {
     io.out(JSON.stringify(record, null, 2))
     return 0
   })
-}
-
-async function up (argv: string[], io: Io): Promise<number> {
-  const { values } = parseCommandLine(argv, COMMON_OPTIONS)
-  if (values.help === true) {
-    io.out(`Usage: hyphae up [OPTIONS]\n\nRuns a whole local mesh on this machine (demo).\n\n${COMMON_HELP}`)
-    return 0
-  }
-  io.err('hyphae up: not yet implemented')
-  return 1
 }
 
 function onePositional (positionals: string[], what: string): string {

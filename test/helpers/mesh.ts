@@ -68,3 +68,67 @@ export async function rssOf (pid: number): Promise<number> {
   if (match == null) throw new Error(`no VmRSS for ${pid}`)
   return Number(match[1]) * 1024
 }
+
+/** Every process below `pid` (children, grandchildren, …), from /proc. */
+export async function descendantsOf (pid: number): Promise<number[]> {
+  const { readdir, readFile } = await import('node:fs/promises')
+  const parents = new Map<number, number>()
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    try {
+      const stat = await readFile(`/proc/${entry}/stat`, 'utf8')
+      // Fields after the command (which may hold spaces) start after the last ')'.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
+      parents.set(Number(entry), Number(fields[1]))
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  const out: number[] = []
+  const queue = [pid]
+  while (queue.length > 0) {
+    const parent = queue.shift() as number
+    for (const [child, ppid] of parents) {
+      if (ppid === parent) {
+        out.push(child)
+        queue.push(child)
+      }
+    }
+  }
+  return out
+}
+
+export function isAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** Polls `check` until it returns a value that is not undefined, or throws after `timeoutMs`. */
+export async function eventually<T> (check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, what = 'condition'): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value !== undefined) return value
+    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`)
+    await new Promise(resolve => setTimeout(resolve, 50))
+  }
+}
+
+/** A counter's value in Prometheus text, 0 when absent. */
+export function metricValue (text: string, name: string, labels: Record<string, string> = {}): number {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(name)) continue
+    const match = /^([a-z_:]+)(\{([^}]*)\})? ([0-9.e+-]+)$/.exec(line)
+    if (match == null || match[1] !== name) continue
+    const have = Object.fromEntries((match[3] ?? '').split(',').filter(p => p !== '').map(p => {
+      const [k, v] = p.split('=')
+      return [k, v.replace(/^"|"$/g, '')]
+    }))
+    if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(match[4])
+  }
+  return 0
+}

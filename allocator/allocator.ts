@@ -1,0 +1,173 @@
+import { randomBytes } from 'node:crypto'
+import { availableParallelism, totalmem } from 'node:os'
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
+import { Announcer } from '../shared/announcer.js'
+import { allocatorCid } from '../shared/cids.js'
+import type { Logger } from '../shared/log.js'
+import type { MeshNode } from '../shared/node.js'
+import type { ServiceRecord } from '../shared/registry/record.js'
+import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from './alloc-protocol.js'
+import { AllocationError } from './errors.js'
+import { freeLocalPort, type Runtime } from './runtime.js'
+import { InstanceSupervisor, type Sidecar, type SupervisorEvent } from './supervisor.js'
+
+export interface RecordSource {
+  resolve: (name: string, options?: { signal?: AbortSignal }) => Promise<ServiceRecord | undefined>
+}
+
+export interface SidecarStarter {
+  start: (service: string, app: { host: string, port: number }, signal?: AbortSignal) => Promise<Sidecar>
+}
+
+export interface AllocatorInit {
+  node: MeshNode
+  registry: RecordSource
+  runtime: Runtime
+  sidecars: SidecarStarter
+  log: Logger
+  maxInstances?: number
+  idleTimeoutS?: number
+  healthIntervalMs?: number
+  unhealthyAfter?: number
+  healthyAfter?: number
+  startTimeoutMs?: number
+  /** What this host may give instances; defaults: every core, 90% of memory. */
+  capacity?: { cpus: number, memoryMb: number }
+}
+
+/** Instance states that hold a share of the host. */
+const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
+
+/**
+ * The allocator: answers `/hyphae/alloc/1.0.0` by starting an instance of a service as its
+ * signed registry record describes (never what the request says), plus a server proxy beside
+ * it, and replies once the instance is healthy and advertised. Each instance is then watched
+ * by its own supervisor (health, relaunch, culling).
+ */
+export class Allocator {
+  readonly metrics = new MetricsRegistry()
+  private readonly supervisors = new Set<InstanceSupervisor>()
+  private announcer?: Announcer
+  private pending = 0
+  private stopping = false
+  private readonly capacity: { cpus: number, memoryMb: number }
+  private readonly counters: {
+    starts: Counter<'service'>
+    relaunches: Counter<'service'>
+    culls: Counter<'service'>
+    failures: Counter<'service' | 'code'>
+    latency: Histogram<'service'>
+  }
+
+  constructor (private readonly init: AllocatorInit) {
+    this.capacity = init.capacity ?? { cpus: availableParallelism(), memoryMb: Math.floor(totalmem() / 1024 / 1024 * 0.9) }
+    const registers = [this.metrics]
+    collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_allocator_' })
+    this.counters = {
+      starts: new Counter({ name: 'hyphae_allocator_starts_total', help: 'Instances started on request', labelNames: ['service'], registers }),
+      relaunches: new Counter({ name: 'hyphae_allocator_relaunches_total', help: 'Instances relaunched after failing health checks or exiting', labelNames: ['service'], registers }),
+      culls: new Counter({ name: 'hyphae_allocator_culls_total', help: 'Instances stopped for being idle', labelNames: ['service'], registers }),
+      failures: new Counter({ name: 'hyphae_allocator_failures_total', help: 'Allocation requests that failed, by error code', labelNames: ['service', 'code'], registers }),
+      latency: new Histogram({ name: 'hyphae_allocator_allocation_duration_seconds', help: 'Time from an allocation request to the instance being healthy and advertised', labelNames: ['service'], buckets: [0.1, 0.25, 0.5, 1, 2, 5, 10, 30], registers })
+    }
+    const supervisors = this.supervisors
+    new Gauge({
+      name: 'hyphae_allocator_instances',
+      help: 'Instances by service and state',
+      labelNames: ['service', 'state'],
+      registers,
+      collect () {
+        this.reset()
+        for (const s of supervisors) this.inc({ service: s.service, state: s.state })
+      }
+    })
+  }
+
+  async start (): Promise<void> {
+    const { node, runtime, log } = this.init
+    const removed = await runtime.removeOrphans(node.peerId.toString())
+    if (removed > 0) log.info({ removed }, 'removed instances left by an earlier run')
+    await node.handle(ALLOC_PROTOCOL, stream => {
+      void serveAllocStream(stream, async (service, signal) => await this.allocate(service, signal), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
+        .then(answer => {
+          if (!answer.ok) log.debug({ code: answer.error.code, err: answer.error.message }, 'allocation refused')
+        })
+    }, { maxInboundStreams: 256 })
+    this.announcer = new Announcer({ node, cid: await allocatorCid(), log })
+    await this.announcer.announce().catch(err => { log.warn({ err: (err as Error).message }, 'could not advertise the allocator yet; retrying') })
+  }
+
+  async stop (): Promise<void> {
+    this.stopping = true
+    await this.announcer?.withdraw()
+    await this.init.node.unhandle(ALLOC_PROTOCOL).catch(() => {})
+    await Promise.all([...this.supervisors].map(async s => { await s.stop() }))
+    this.supervisors.clear()
+  }
+
+  /** Instances for the status route. */
+  list (): Array<{ service: string, state: string, relaunches: number, peerId?: string }> {
+    return [...this.supervisors].map(s => ({ service: s.service, state: s.state, relaunches: s.relaunches, peerId: s.peerId }))
+  }
+
+  /** Starts an instance of SERVICE; resolves once it is healthy and advertised. */
+  async allocate (service: string, signal?: AbortSignal): Promise<AllocInstance> {
+    const started = performance.now()
+    try {
+      if (this.stopping) throw new AllocationError('shutting_down', 'the allocator is shutting down')
+      const record = await this.init.registry.resolve(service, { signal })
+      if (record == null) throw new AllocationError('unknown_service', `no valid registry record for '${service}'`)
+      if (record.image != null && this.init.runtime.kind !== 'docker') throw new AllocationError('runtime_unavailable', `'${service}' runs a Docker image and this allocator runs the ${this.init.runtime.kind} runtime`)
+      if (record.command != null && this.init.runtime.kind !== 'process') throw new AllocationError('runtime_unavailable', `'${service}' runs a command and this allocator runs the ${this.init.runtime.kind} runtime`)
+      this.checkCapacity(record)
+      this.pending++
+      let supervisor: InstanceSupervisor | undefined
+      try {
+        supervisor = new InstanceSupervisor({
+          runtime: this.init.runtime,
+          spec: { instanceId: `${service}-${randomBytes(4).toString('hex')}`, record, hostPort: await freeLocalPort(), allocatorPeerId: this.init.node.peerId.toString() },
+          startSidecar: async (app, options) => await this.init.sidecars.start(service, app, signal != null ? AbortSignal.any([signal, options.signal]) : options.signal),
+          log: this.init.log.child({ service }),
+          healthIntervalMs: this.init.healthIntervalMs,
+          unhealthyAfter: this.init.unhealthyAfter,
+          healthyAfter: this.init.healthyAfter,
+          idleTimeoutS: this.init.idleTimeoutS,
+          startTimeoutMs: this.init.startTimeoutMs,
+          onEvent: event => { this.onEvent(service, event, supervisor) }
+        })
+        this.supervisors.add(supervisor)
+        const instance = await supervisor.start()
+        this.counters.starts.inc({ service })
+        this.counters.latency.observe({ service }, (performance.now() - started) / 1000)
+        this.init.log.info({ service, peer: instance.peerId, ms: Math.round(performance.now() - started) }, 'instance allocated')
+        return instance
+      } catch (err) {
+        if (supervisor != null) this.supervisors.delete(supervisor)
+        throw err
+      } finally {
+        this.pending--
+      }
+    } catch (err) {
+      const coded = err instanceof AllocationError ? err : new AllocationError('internal', (err as Error).message, { cause: err })
+      this.counters.failures.inc({ service, code: coded.code })
+      this.init.log.warn({ service, code: coded.code, err: coded.message }, 'allocation failed')
+      throw coded
+    }
+  }
+
+  private onEvent (service: string, event: SupervisorEvent, supervisor: InstanceSupervisor | undefined): void {
+    if (event === 'relaunched') this.counters.relaunches.inc({ service })
+    if (event === 'culled') this.counters.culls.inc({ service })
+    if ((event === 'culled' || event === 'stopped' || event === 'failed') && supervisor != null) this.supervisors.delete(supervisor)
+  }
+
+  private checkCapacity (record: ServiceRecord): void {
+    const live = [...this.supervisors].filter(s => LIVE_STATES.has(s.state))
+    const max = this.init.maxInstances ?? 16
+    if (live.length + this.pending >= max) throw new AllocationError('capacity', `this allocator runs its maximum of ${max} instances`)
+    const cpus = live.reduce((sum, s) => sum + (s.record.cpu ?? 0), 0)
+    if ((record.cpu ?? 0) > this.capacity.cpus - cpus) throw new AllocationError('capacity', `not enough CPU left: '${record.name}' wants ${record.cpu}, ${Math.max(0, this.capacity.cpus - cpus)} of ${this.capacity.cpus} left`)
+    const memory = live.reduce((sum, s) => sum + (s.record.memoryMb ?? 0), 0)
+    if ((record.memoryMb ?? 0) > this.capacity.memoryMb - memory) throw new AllocationError('capacity', `not enough memory left: '${record.name}' wants ${record.memoryMb} MB, ${Math.max(0, this.capacity.memoryMb - memory)} MB left`)
+  }
+}

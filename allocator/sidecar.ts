@@ -1,0 +1,177 @@
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
+import { Proxy } from '../proxy/proxy.js'
+import type { RecordSource } from '../proxy/ingress.js'
+import type { MeshConfig } from '../shared/config.js'
+import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
+import { registryDhtInit } from '../shared/registry/dht-validation.js'
+import type { Logger } from '../shared/log.js'
+import type { Sidecar } from './supervisor.js'
+
+
+export interface ProcessSidecarsInit {
+  log: Logger
+  /** Where the sidecar joins the mesh: this allocator's own addresses. */
+  bootstraps: () => Multiaddr[]
+  /** The allocator's listen addresses: the sidecar listens on the same interfaces. */
+  listen: string[]
+  configFile?: string
+  pskFile?: string
+  logLevel?: string
+  healthIntervalMs?: number
+  readyTimeoutMs?: number
+}
+
+const PROXY_MAIN = fileURLToPath(new URL('../proxy/main.js', import.meta.url))
+const KILL_AFTER_MS = 5000
+
+/** Same interfaces as the allocator, any free port: a LAN allocator gets LAN instances. */
+function sidecarListen (listen: string[]): string[] {
+  const out = new Set<string>()
+  for (const ma of listen) out.add(ma.replace(/\/tcp\/\d+/, '/tcp/0'))
+  return out.size > 0 ? [...out] : ['/ip4/127.0.0.1/tcp/0']
+}
+
+/**
+ * Starts `hyphae-proxy` in server mode beside an app instance and resolves once it printed
+ * `ready` (the proxy prints it only after it has advertised the instance).
+ */
+export class ProcessSidecars {
+  constructor (private readonly init: ProcessSidecarsInit) {}
+
+  async start (service: string, app: { host: string, port: number }, signal?: AbortSignal): Promise<Sidecar> {
+    const { init } = this
+    const args = [
+      ...(init.configFile != null ? ['--configfile', init.configFile] : []),
+      ...(init.pskFile != null ? ['--psk', init.pskFile] : []),
+      ...init.bootstraps().flatMap(ma => ['--bootstrap', ma.toString()]),
+      ...sidecarListen(init.listen).flatMap(ma => ['--listen', ma]),
+      '--metrics', '0',
+      '--health-interval', String(init.healthIntervalMs ?? 1000),
+      '--log-level', init.logLevel ?? 'info',
+      '0', service, `${app.host}:${app.port}`
+    ]
+    const child = spawn(process.execPath, [PROXY_MAIN, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+    const exited = new Promise<number | null>(resolve => {
+      child.once('exit', code => { resolve(code) })
+      child.once('error', () => { resolve(null) })
+    })
+    const stop = async (): Promise<void> => {
+      if (child.exitCode !== null || child.signalCode !== null) return
+      child.kill('SIGTERM')
+      const killer = setTimeout(() => child.kill('SIGKILL'), KILL_AFTER_MS)
+      await exited
+      clearTimeout(killer)
+    }
+
+    const ready = await new Promise<{ peerId: string, multiaddrs: string[], metrics: number }>((resolve, reject) => {
+      const lines = createInterface({ input: child.stdout })
+      const timer = setTimeout(() => { fail(new Error(`the proxy for ${service} was not ready within ${init.readyTimeoutMs ?? 20_000} ms`)) }, init.readyTimeoutMs ?? 20_000)
+      const onAbort = (): void => { fail(new Error('aborted')) }
+      signal?.addEventListener('abort', onAbort, { once: true })
+      let settled = false
+      const fail = (err: Error): void => {
+        if (settled) return
+        settled = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        void stop()
+        reject(err)
+      }
+      lines.on('line', line => {
+        if (settled || !line.startsWith('ready ')) return
+        settled = true
+        clearTimeout(timer)
+        signal?.removeEventListener('abort', onAbort)
+        try {
+          resolve(JSON.parse(line.slice(6)) as { peerId: string, multiaddrs: string[], metrics: number })
+        } catch (err) {
+          settled = false
+          fail(err as Error)
+        }
+      })
+      void exited.then(code => { fail(new Error(`the proxy for ${service} exited (code ${String(code)}) before it was ready`)) })
+    })
+    init.log.debug({ service, peer: ready.peerId, pid: child.pid }, 'sidecar proxy ready')
+    return { peerId: ready.peerId, multiaddrs: ready.multiaddrs, metricsPort: ready.metrics, stop, exited }
+  }
+}
+
+export interface InProcessSidecarsInit {
+  log: Logger
+  config: MeshConfig
+  bootstraps: () => Multiaddr[]
+  listen: string[]
+  psk?: Uint8Array
+  /** The record each instance serves, as the allocator resolved and validated it. */
+  records: RecordSource
+  healthIntervalMs?: number
+}
+
+/**
+ * Server-mode proxies inside the allocator's process, each with its own libp2p node and peer
+ * ID, so the mesh sees one provider per instance as with a separate `hyphae-proxy`. A cold
+ * start then costs a node start (~50 ms), not a Node.js process start (~1.2 s of module
+ * loading here), and each proxy costs a few MB instead of ~70 MB.
+ */
+export class InProcessSidecars {
+  constructor (private readonly init: InProcessSidecarsInit) {}
+
+  async start (service: string, app: { host: string, port: number }, signal?: AbortSignal): Promise<Sidecar> {
+    const { init } = this
+    const node = await createMeshNode({
+      privateKey: await generateKeyPair('Ed25519'),
+      listen: sidecarListen(init.listen).map(text => multiaddr(text)),
+      psk: init.psk,
+      ...registryDhtInit(init.config.registryKeys)
+    })
+    let proxy: Proxy | undefined
+    const stopNode = async (): Promise<void> => {
+      await proxy?.stop()
+      await node.stop()
+    }
+    try {
+      await node.start()
+      await dialBootstraps(node, init.bootstraps(), init.log, signal)
+      await waitForRoutingTable(node, 5000)
+      proxy = new Proxy({
+        node,
+        registry: init.records,
+        config: init.config,
+        log: init.log.child({ sidecar: node.peerId.toString() }),
+        port: 0,
+        server: { service, app, healthIntervalMs: init.healthIntervalMs },
+        metricsPort: 0
+      })
+      await proxy.start()
+      await raceAbort(proxy.whenAdvertised(), signal)
+    } catch (err) {
+      await stopNode().catch(() => {})
+      throw err
+    }
+    const exited = Promise.withResolvers<void>()
+    return {
+      peerId: node.peerId.toString(),
+      multiaddrs: node.getMultiaddrs().map(ma => ma.toString()),
+      metricsPort: proxy.metricsPort ?? 0,
+      stop: async () => {
+        await stopNode()
+        exited.resolve()
+      },
+      exited: exited.promise
+    }
+  }
+}
+
+async function raceAbort<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
+  if (signal == null) return await promise
+  signal.throwIfAborted()
+  return await new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => { reject(signal.reason) }
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
+  })
+}

@@ -1,0 +1,94 @@
+import { readFileSync } from 'node:fs'
+
+/** The parts of a V8 .cpuprofile (node --cpu-prof) that a self-time summary needs. */
+interface CpuProfile {
+  nodes: Array<{ id: number, callFrame: { functionName: string, url: string, lineNumber: number }, children?: number[] }>
+  startTime: number
+  endTime: number
+  samples: number[]
+  timeDeltas: number[]
+}
+
+export interface SelfTime {
+  name: string
+  ms: number
+  /** Of all sampled time, idle included. */
+  percent: number
+  /** Of the busy time (everything but (idle)). */
+  busyPercent: number
+}
+
+export interface ProfileSummary {
+  totalMs: number
+  busyMs: number
+  functions: SelfTime[]
+  modules: SelfTime[]
+}
+
+/** The package (or Node core area, or project file) a script URL belongs to. */
+export function moduleOf (url: string, functionName: string): string {
+  if (url === '') return functionName.startsWith('(') ? functionName : '(native)'
+  if (url.startsWith('node:')) {
+    const parts = url.split('/')
+    return parts.length > 2 ? `${parts[0]}/${parts[1]}` : url
+  }
+  const path = url.replace(/^file:\/\//, '')
+  const nm = path.lastIndexOf('/node_modules/')
+  if (nm !== -1) {
+    const rest = path.slice(nm + '/node_modules/'.length).split('/')
+    return rest[0].startsWith('@') ? `${rest[0]}/${rest[1]}` : rest[0]
+  }
+  const dist = path.indexOf('/dist/')
+  return dist !== -1 ? `hyphae ${path.slice(dist + 1)}` : path
+}
+
+/** Self time by function and by module, largest first. */
+export function summarizeProfile (file: string, top = 20): ProfileSummary {
+  const profile = JSON.parse(readFileSync(file, 'utf8')) as CpuProfile
+  const byId = new Map(profile.nodes.map(n => [n.id, n]))
+  const selfUs = new Map<number, number>()
+  // timeDeltas[i] is the time before sample i; the time after it is timeDeltas[i + 1].
+  for (let i = 0; i < profile.samples.length; i++) {
+    const dt = profile.timeDeltas[i + 1] ?? 0
+    selfUs.set(profile.samples[i], (selfUs.get(profile.samples[i]) ?? 0) + dt)
+  }
+  const functions = new Map<string, number>()
+  const modules = new Map<string, number>()
+  let total = 0
+  let idle = 0
+  for (const [id, us] of selfUs) {
+    const node = byId.get(id)
+    if (node == null) continue
+    const { functionName, url, lineNumber } = node.callFrame
+    total += us
+    if (functionName === '(idle)') idle += us
+    const mod = moduleOf(url, functionName)
+    const fn = url === '' ? (functionName === '' ? '(anonymous)' : functionName) : `${functionName === '' ? '(anonymous)' : functionName} ${mod}:${lineNumber + 1}`
+    functions.set(fn, (functions.get(fn) ?? 0) + us)
+    modules.set(mod, (modules.get(mod) ?? 0) + us)
+  }
+  const busy = total - idle
+  const list = (map: Map<string, number>): SelfTime[] => [...map.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .slice(0, top)
+    .map(([name, us]) => ({
+      name,
+      ms: Math.round(us / 100) / 10,
+      percent: Math.round(us / total * 1000) / 10,
+      busyPercent: name === '(idle)' ? 0 : Math.round(us / busy * 1000) / 10
+    }))
+  return { totalMs: Math.round(total / 1000), busyMs: Math.round(busy / 1000), functions: list(functions), modules: list(modules) }
+}
+
+export function formatSummary (title: string, s: ProfileSummary): string {
+  const block = (heading: string, items: SelfTime[]): string[] => [
+    `  ${heading}`,
+    `    ${'self ms'.padStart(9)} ${'% busy'.padStart(7)}  name`,
+    ...items.map(i => `    ${i.ms.toFixed(1).padStart(9)} ${i.busyPercent.toFixed(1).padStart(7)}  ${i.name}`)
+  ]
+  return [
+    `${title}: ${s.totalMs} ms sampled, ${s.busyMs} ms busy (not idle); (program) is native work outside JS (libuv, syscalls)`,
+    ...block('self time by module', s.modules),
+    ...block('self time by function', s.functions)
+  ].join('\n')
+}

@@ -1,0 +1,183 @@
+import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
+import { autocannonLatency, wrkAvailable, wrkThroughput, type LatencyResult, type ThroughputResult } from '../lib/load.js'
+import { SERVICE, startMesh, waitForRoute, type Mesh } from '../lib/mesh.js'
+import { nginxAvailable, startNginx } from '../lib/nginx.js'
+import { cpuDelta, cpuSnapshot, processTree } from '../lib/proc-stats.js'
+import type { Child } from '../lib/procs.js'
+import { round } from '../lib/stats.js'
+import { naRow, type Row } from '../lib/table.js'
+
+/**
+ * 1. The request path for a tiny GET (12 bytes), each way: direct to the app, through the
+ * mesh (client proxy → libp2p /http/1.1 → server proxy → app) with pooled streams and with
+ * one stream per request, and through two nginx hops (the cost of two plain proxies).
+ * (a) max throughput at 32 connections (wrk), (b) latency at a fixed 200 req/s (autocannon
+ * overallRate, one connection), (c) CPU seconds per 10k requests of every process on the path.
+ */
+
+const CONNECTIONS = 32
+const RATE = 200
+/** One connection: the latency of a request, not of a queue behind nine others in a burst. */
+const LATENCY_CONNECTIONS = 1
+/** A bound on request count, far above what this machine does in the time given. */
+const MAX_RPS = 200_000
+
+interface PathSpec {
+  key: string
+  label: string
+  url: string
+  /** Processes on the path, by role, each with the PIDs to account (nginx: master + worker). */
+  processes: () => Record<string, number[]>
+}
+
+interface PathResult {
+  throughput: ThroughputResult
+  latency: LatencyResult
+  /** CPU seconds per 10k requests, by process, under max load and at 200 req/s. */
+  cpuPer10kLoaded: Record<string, number>
+  cpuPer10kAt200: Record<string, number>
+}
+
+function settings (quick: boolean): { warmupS: number, throughputS: number, latencyS: number } {
+  return quick ? { warmupS: 1, throughputS: 4, latencyS: 5 } : { warmupS: 3, throughputS: 15, latencyS: 30 }
+}
+
+async function measurePath (ctx: SuiteContext, path: PathSpec): Promise<PathResult> {
+  const s = settings(ctx.quick)
+  ctx.log(`request-path: ${path.label}: warm-up ${s.warmupS} s`)
+  await wrkThroughput({ procs: ctx.procs, tmp: ctx.tmp, url: path.url, connections: CONNECTIONS, seconds: s.warmupS, maxRequests: MAX_RPS * s.warmupS })
+
+  ctx.log(`request-path: ${path.label}: throughput, ${CONNECTIONS} connections, ${s.throughputS} s`)
+  const pids = path.processes()
+  const before = cpuSnapshot(pids)
+  const throughput = await wrkThroughput({ procs: ctx.procs, tmp: ctx.tmp, url: path.url, connections: CONNECTIONS, seconds: s.throughputS, maxRequests: MAX_RPS * s.throughputS })
+  const loaded = cpuDelta(before, cpuSnapshot(pids))
+  if (throughput.errors > 0) ctx.log(`request-path: ${path.label}: ${throughput.errors} errors under load`)
+
+  await new Promise(resolve => setTimeout(resolve, 1000))
+  ctx.log(`request-path: ${path.label}: latency at ${RATE} req/s, ${s.latencyS} s`)
+  const before200 = cpuSnapshot(pids)
+  const latency = await autocannonLatency({ url: path.url, rate: RATE, connections: LATENCY_CONNECTIONS, seconds: s.latencyS })
+  const at200 = cpuDelta(before200, cpuSnapshot(pids))
+  if (latency.errors + latency.non2xx > 0) ctx.log(`request-path: ${path.label}: ${latency.errors} errors, ${latency.non2xx} non-2xx at ${RATE} req/s`)
+
+  const per10k = (delta: Record<string, number>, requests: number): Record<string, number> => {
+    const out: Record<string, number> = {}
+    let total = 0
+    for (const [role, seconds] of Object.entries(delta)) {
+      out[role] = round(seconds / requests * 10_000, 4)
+      total += seconds
+    }
+    out.total = round(total / requests * 10_000, 4)
+    return out
+  }
+  return {
+    throughput,
+    latency,
+    cpuPer10kLoaded: per10k(loaded, throughput.requests),
+    cpuPer10kAt200: per10k(at200, latency.requests)
+  }
+}
+
+function pathRows (key: string, label: string, r: PathResult | undefined, why: string, roles: string[]): Row[] {
+  const suite = 'request-path'
+  if (r == null) {
+    return [
+      naRow(`request.rps.${key}`, suite, `max throughput c=${CONNECTIONS} · ${label}`, 'req/s', why),
+      naRow(`request.p50.${key}`, suite, `p50 @${RATE} req/s · ${label}`, 'ms', why),
+      naRow(`request.p99.${key}`, suite, `p99 @${RATE} req/s · ${label}`, 'ms', why),
+      naRow(`request.p999.${key}`, suite, `p99.9 @${RATE} req/s · ${label}`, 'ms', why),
+      ...[...roles, 'total'].map(role => naRow(`request.cpu.${key}.${role}`, suite, `CPU per 10k req · ${label} · ${role}`, 's', why))
+    ]
+  }
+  return [
+    { id: `request.rps.${key}`, suite, metric: `max throughput c=${CONNECTIONS} · ${label}`, value: round(r.throughput.rps, 0), unit: 'req/s', better: 'higher' },
+    { id: `request.p50.${key}`, suite, metric: `p50 @${RATE} req/s · ${label}`, value: round(r.latency.p50Ms), unit: 'ms', better: 'lower' },
+    { id: `request.p99.${key}`, suite, metric: `p99 @${RATE} req/s · ${label}`, value: round(r.latency.p99Ms), unit: 'ms', better: 'lower' },
+    { id: `request.p999.${key}`, suite, metric: `p99.9 @${RATE} req/s · ${label}`, value: round(r.latency.p999Ms), unit: 'ms', better: 'lower' },
+    ...Object.entries(r.cpuPer10kLoaded).map(([role, value]): Row => ({
+      id: `request.cpu.${key}.${role}`, suite, metric: `CPU per 10k req · ${label} · ${role}`, value, unit: 's', better: 'lower', digits: 3
+    }))
+  ]
+}
+
+export const requestPath: Suite = {
+  name: 'request-path',
+  about: 'tiny GET: direct, mesh (pooled / stream per request), nginx two-hop: throughput, latency at 200 req/s, CPU per 10k',
+  async run (ctx: SuiteContext): Promise<SuiteResult> {
+    if (!wrkAvailable()) throw new Error('wrk is not installed (/usr/bin/wrk)')
+    const perRequest = ctx.features.streamPerRequest
+    const clients = [{ name: 'client-proxy' }, ...(perRequest ? [{ name: 'client-proxy-1stream', args: ['--stream-per-request'] }] : [])]
+    let mesh: Mesh | undefined
+    const nginx: Array<Child & { port: number }> = []
+    const results: Record<string, PathResult> = {}
+    try {
+      ctx.log('request-path: starting bootstrap, app, server proxy, client proxies')
+      mesh = await startMesh({ procs: ctx.procs, dir: ctx.tmp, clients })
+      const m = mesh
+      const app = m.app
+      const paths: PathSpec[] = [
+        { key: 'direct', label: 'direct', url: `http://127.0.0.1:${app.ready}/`, processes: () => ({ app: [app.pid] }) },
+        {
+          key: 'mesh', label: 'mesh', url: `${m.clients[0].ready.http}/${SERVICE}/`,
+          processes: () => ({ 'client proxy': [m.clients[0].pid], 'server proxy': [m.server.pid], app: [app.pid] })
+        }
+      ]
+      if (perRequest) {
+        paths.push({
+          key: 'mesh-1stream', label: 'mesh, stream/request', url: `${m.clients[1].ready.http}/${SERVICE}/`,
+          processes: () => ({ 'client proxy': [m.clients[1].pid], 'server proxy': [m.server.pid], app: [app.pid] })
+        })
+      }
+      if (nginxAvailable()) {
+        const back = await startNginx(ctx.procs, ctx.tmp, 'nginx-back', app.ready)
+        nginx.push(back)
+        const front = await startNginx(ctx.procs, ctx.tmp, 'nginx-front', back.port)
+        nginx.push(front)
+        await waitForRoute(`http://127.0.0.1:${front.port}/`, 10_000)
+        paths.push({
+          key: 'nginx2', label: 'nginx two-hop', url: `http://127.0.0.1:${front.port}/`,
+          processes: () => ({ 'nginx front': processTree(front.pid), 'nginx back': processTree(back.pid), app: [app.pid] })
+        })
+      }
+      for (const path of paths) results[path.key] = await measurePath(ctx, path)
+    } finally {
+      for (const n of nginx.reverse()) await n.stop('SIGTERM')
+      await mesh?.stop()
+    }
+
+    const meshRoles = ['client proxy', 'server proxy', 'app']
+    const rows: Row[] = [
+      ...pathRows('direct', 'direct', results.direct, 'n/a', ['app']),
+      ...pathRows('mesh', 'mesh', results.mesh, 'n/a', meshRoles),
+      ...pathRows('mesh-1stream', 'mesh, stream/request', results['mesh-1stream'],
+        perRequest ? 'n/a' : 'n/a (no --stream-per-request in this build)', meshRoles),
+      ...pathRows('nginx2', 'nginx two-hop', results.nginx2, 'n/a (nginx not installed)', ['nginx front', 'nginx back', 'app'])
+    ]
+
+    // The targets, as ratios and differences.
+    const suite = 'request-path'
+    const ratio = (key: string): number | null => results[key] != null && results.nginx2 != null ? round(results[key].throughput.rps / results.nginx2.throughput.rps) : null
+    const added = (key: string, q: 'p50Ms' | 'p99Ms'): number | null => results[key] != null && results.direct != null ? round(results[key].latency[q] - results.direct.latency[q]) : null
+    const ratioNa = results.nginx2 == null ? 'n/a (nginx not installed)' : 'n/a'
+    const oneNa = perRequest ? 'n/a' : 'n/a (no --stream-per-request in this build)'
+    const withNa = (row: Row, why: string): Row => row.value == null ? { ...row, na: why } : row
+    rows.push(
+      withNa({ id: 'request.rps-ratio.mesh', suite, metric: 'throughput mesh / nginx two-hop', value: ratio('mesh'), unit: 'x', better: 'higher', target: { op: '>=', value: 0.5 } }, ratioNa),
+      withNa({ id: 'request.rps-ratio.mesh-1stream', suite, metric: 'throughput mesh stream/request / nginx', value: ratio('mesh-1stream'), unit: 'x', better: 'higher', target: { op: '>=', value: 0.5 } }, perRequest ? ratioNa : oneNa),
+      withNa({ id: 'request.added-p50.mesh', suite, metric: `added p50 over direct @${RATE} · mesh`, value: added('mesh', 'p50Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 1 } }, 'n/a'),
+      withNa({ id: 'request.added-p99.mesh', suite, metric: `added p99 over direct @${RATE} · mesh`, value: added('mesh', 'p99Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 3 } }, 'n/a'),
+      withNa({ id: 'request.added-p50.mesh-1stream', suite, metric: `added p50 over direct @${RATE} · stream/request`, value: added('mesh-1stream', 'p50Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 1 } }, oneNa),
+      withNa({ id: 'request.added-p99.mesh-1stream', suite, metric: `added p99 over direct @${RATE} · stream/request`, value: added('mesh-1stream', 'p99Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 3 } }, oneNa),
+      withNa({ id: 'request.added-p50.nginx2', suite, metric: `added p50 over direct @${RATE} · nginx two-hop`, value: added('nginx2', 'p50Ms'), unit: 'ms', better: 'lower' }, ratioNa)
+    )
+    return {
+      rows,
+      details: {
+        settings: { ...settings(ctx.quick), connections: CONNECTIONS, rate: RATE, latencyConnections: LATENCY_CONNECTIONS, loadGenerators: 'wrk -t1 (throughput), autocannon overallRate (latency)' },
+        streamPerRequestSupported: perRequest,
+        paths: results
+      }
+    }
+  }
+}

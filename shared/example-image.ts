@@ -1,0 +1,109 @@
+import { execFile, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
+import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
+import Docker from 'dockerode'
+
+/** The example app as a local image (no registry is reachable from our machines). */
+export const EXAMPLE_IMAGE = 'hyphae-example/hello:1'
+const DIGEST_LABEL = 'hyphae.example.digest'
+const HELLO_MAIN = fileURLToPath(new URL('../examples/hello/server.js', import.meta.url))
+const run = promisify(execFile)
+
+/** Whether a Docker Engine answers, and if not, why. */
+export async function dockerAvailable (docker: Docker = new Docker()): Promise<{ ok: boolean, reason?: string }> {
+  try {
+    const ping = docker.ping.bind(docker) as unknown as (opts: { abortSignal: AbortSignal }) => Promise<unknown>
+    await ping({ abortSignal: AbortSignal.timeout(2000) })
+    return { ok: true }
+  } catch (err) {
+    return { ok: false, reason: `no Docker Engine answers (${err instanceof Error ? err.message : String(err)})` }
+  }
+}
+
+/**
+ * Builds the example app as a local image: from this machine's own node binary and the
+ * compiled example, with `docker import` of a root filesystem (no Dockerfile, no base image
+ * to pull). Rebuilt only when its inputs changed.
+ */
+export async function ensureExampleImage (progress: (line: string) => void = () => {}): Promise<string> {
+  const server = await readFile(HELLO_MAIN)
+  const digest = createHash('sha256')
+    .update(process.execPath).update(process.version).update(process.arch).update(server)
+    .digest('hex').slice(0, 16)
+  if (await imageDigest(EXAMPLE_IMAGE) === digest) return EXAMPLE_IMAGE
+  progress(`building the local image ${EXAMPLE_IMAGE} (node ${process.version} and the example app)`)
+
+  const root = await mkdtemp(join(tmpdir(), 'hyphae-image-'))
+  try {
+    await copyInto(root, process.execPath, '/usr/local/bin/node')
+    for (const lib of await sharedLibraries(process.execPath)) await copyInto(root, lib, lib)
+    await mkdir(join(root, 'app'), { recursive: true })
+    await writeFile(join(root, 'app/server.js'), server)
+    // Without it node would read the compiled ES module as CommonJS.
+    await writeFile(join(root, 'app/package.json'), '{"type":"module"}\n')
+    await mkdir(join(root, 'tmp'))
+    await chmod(join(root, 'tmp'), 0o1777)
+    await dockerImport(root, EXAMPLE_IMAGE, [
+      'CMD ["/usr/local/bin/node","/app/server.js"]',
+      'ENV HOST=0.0.0.0',
+      `LABEL ${DIGEST_LABEL}=${digest}`
+    ])
+  } finally {
+    await rm(root, { recursive: true, force: true })
+  }
+  if (await imageDigest(EXAMPLE_IMAGE) !== digest) throw new Error(`docker import did not produce ${EXAMPLE_IMAGE}`)
+  return EXAMPLE_IMAGE
+}
+
+async function imageDigest (image: string): Promise<string | undefined> {
+  try {
+    const info = await new Docker().getImage(image).inspect()
+    return info.Config.Labels?.[DIGEST_LABEL]
+  } catch {
+    return undefined
+  }
+}
+
+/** The shared libraries and the dynamic loader a binary needs, as absolute paths, from ldd. */
+async function sharedLibraries (binary: string): Promise<string[]> {
+  const { stdout } = await run('ldd', [binary])
+  const paths = new Set<string>()
+  for (const line of stdout.split('\n')) {
+    // "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x…)" or "/lib64/ld-linux-x86-64.so.2 (0x…)";
+    // linux-vdso has no file.
+    const match = /(?:=>\s*)?(\/\S+)\s+\(0x[0-9a-f]+\)/.exec(line)
+    if (match != null) paths.add(match[1])
+  }
+  if (paths.size === 0) throw new Error(`ldd found no shared libraries for ${binary}:\n${stdout}`)
+  return [...paths]
+}
+
+/** Copies a file's content (symlinks followed) to the same path under the image root. */
+async function copyInto (root: string, from: string, to: string): Promise<void> {
+  const target = join(root, to)
+  await mkdir(dirname(target), { recursive: true })
+  await copyFile(from, target)
+  await chmod(target, 0o755)
+}
+
+/** `tar -C root -c . | docker import --change … - image` */
+async function dockerImport (root: string, image: string, changes: string[]): Promise<void> {
+  const tar = spawn('tar', ['-C', root, '--numeric-owner', '--owner=0', '--group=0', '-cf', '-', '.'], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const args = ['import', ...changes.flatMap(change => ['--change', change]), '-', image]
+  const importer = spawn('docker', args, { stdio: ['pipe', 'pipe', 'pipe'] })
+  tar.stdout.pipe(importer.stdin)
+  let errors = ''
+  tar.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+  importer.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
+  importer.stdout.resume()
+  const exitOf = async (proc: ReturnType<typeof spawn>): Promise<number | null> => await new Promise(resolve => {
+    proc.once('error', () => { resolve(-1) })
+    proc.once('close', code => { resolve(code) })
+  })
+  const [tarCode, importCode] = await Promise.all([exitOf(tar), exitOf(importer)])
+  if (tarCode !== 0 || importCode !== 0) throw new Error(`building ${image} failed (tar ${String(tarCode)}, docker import ${String(importCode)}): ${errors.trim()}`)
+}

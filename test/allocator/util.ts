@@ -1,0 +1,64 @@
+import { request } from 'node:http'
+import { pino, type Logger } from 'pino'
+import { readProcStat } from '../../allocator/process-runtime.js'
+
+/** Silent unless HYPHAE_TEST_LOG names a level: the allocator's logs help when a test fails. */
+export function testLogger (): Logger {
+  return pino({ level: process.env.HYPHAE_TEST_LOG ?? 'silent' }, pino.destination({ fd: 2, sync: true }))
+}
+
+/** Polls until `check` returns a value other than undefined/false, or fails after the deadline. */
+export async function waitFor<T> (check: () => T | undefined | false | Promise<T | undefined | false>, what: string, timeoutMs = 10_000, everyMs = 25): Promise<T> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const value = await check()
+    if (value !== undefined && value !== false) return value
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
+    await new Promise(resolve => setTimeout(resolve, everyMs))
+  }
+}
+
+export interface Reply { status: number, body: string }
+
+/** One HTTP request on a fresh connection; rejects on a connection error. */
+export async function httpCall (port: number, path: string, method = 'GET', host = '127.0.0.1', timeoutMs = 2000): Promise<Reply> {
+  return await new Promise<Reply>((resolve, reject) => {
+    const req = request({ host, port, path, method, agent: false, timeout: timeoutMs }, res => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { body += chunk })
+      res.on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
+      res.on('error', reject)
+    })
+    req.on('timeout', () => { req.destroy(new Error('timeout')) })
+    req.on('error', reject)
+    req.end()
+  })
+}
+
+/** Resolves with the status of GET path, or undefined if nothing answered. */
+export async function statusOf (port: number, path: string): Promise<number | undefined> {
+  try {
+    return (await httpCall(port, path)).status
+  } catch {
+    return undefined
+  }
+}
+
+/** Whether a process is running (a zombie is not). */
+export function running (pid: number): boolean {
+  const stat = readProcStat(pid)
+  return stat != null && stat.state !== 'Z'
+}
+
+/** Every running process of a process group, from /proc. */
+export async function groupMembers (pgid: number): Promise<number[]> {
+  const { readdir } = await import('node:fs/promises')
+  const pids: number[] = []
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue
+    const stat = readProcStat(Number(entry))
+    if (stat != null && stat.pgrp === pgid && stat.state !== 'Z') pids.push(Number(entry))
+  }
+  return pids
+}

@@ -1,0 +1,11 @@
+import { ensureExampleImage } from '../../shared/example-image.js'
+
+export { dockerAvailable, EXAMPLE_IMAGE as TEST_IMAGE } from '../../shared/example-image.js'
+
+/**
+ * The example app as a local image (no registry is reachable): the same image `hyphae up
+ * --runtime docker` builds, rebuilt only when node or the compiled example changed.
+ */
+export async function ensureTestImage (): Promise<string> {
+  return await ensureExampleImage()
+}
