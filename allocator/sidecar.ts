@@ -1,12 +1,12 @@
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { Proxy } from '../proxy/proxy.js'
 import type { RecordSource } from '../proxy/ingress.js'
 import type { MeshConfig } from '../shared/config.js'
 import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
+import { distFile } from '../shared/paths.js'
 import { registryDhtInit } from '../shared/registry/dht-validation.js'
 import type { Logger } from '../shared/log.js'
 import type { Sidecar } from './supervisor.js'
@@ -25,7 +25,7 @@ export interface ProcessSidecarsInit {
   readyTimeoutMs?: number
 }
 
-const PROXY_MAIN = fileURLToPath(new URL('../proxy/main.js', import.meta.url))
+const PROXY_MAIN = distFile('proxy/main.js')
 const KILL_AFTER_MS = 5000
 
 /** Same interfaces as the allocator, any free port: a LAN allocator gets LAN instances. */

@@ -51,8 +51,11 @@ async function lookup (node: MeshNode, cid: CID, timeoutMs: number, want?: PeerI
   const self = node.peerId.toString()
   let hops: number | null = null
   let queries = 0
+  // Dials and stream opens report progress through the same callback, with other details;
+  // and a throw in here would fail the query, so only well-formed query events count.
   const onProgress = (evt: Event): void => {
-    const e = (evt as CustomEvent).detail as { name: string, peer?: PeerId, to?: PeerId, from?: PeerId, closer?: Array<{ id: PeerId }>, providers?: Array<{ id: PeerId }> }
+    const e = (evt as CustomEvent).detail as { name?: string, peer?: PeerId, to?: PeerId, from?: PeerId, closer?: Array<{ id: PeerId }>, providers?: Array<{ id: PeerId }> } | undefined
+    if (e == null || typeof e !== 'object' || !evt.type.startsWith('kad-dht:query:')) return
     if (e.name === 'DIAL_PEER' && e.peer != null && !depth.has(e.peer.toString())) depth.set(e.peer.toString(), 1)
     if (e.name === 'SEND_QUERY') queries++
     if (e.name === 'PEER_RESPONSE' && e.from != null) {

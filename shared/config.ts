@@ -1,14 +1,13 @@
 import { readFileSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { resolve } from 'node:path'
 import { parseArgs, type ParseArgsConfig } from 'node:util'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import { UsageError } from './errors.js'
 import { LOG_LEVELS, type LogLevel } from './log.js'
+import { PACKAGE_ROOT } from './paths.js'
 import { describeIssues, recordSchema, serviceNameSchema, type ServiceRecord } from './registry/record.js'
 
-export const PACKAGE_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '..', '..')
 export const DEFAULT_CONFIG_FILE = resolve(PACKAGE_ROOT, 'conf', 'conf.json')
 
 const rttSchema = z.strictObject({ RTT: z.number().int().min(0).max(60_000) })

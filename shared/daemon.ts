@@ -59,6 +59,8 @@ export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
 
 /** The one `ready <json>` line on stdout that scripts and tests wait for. */
 export function printReady (info: { peerId: string, multiaddrs: string[], http?: string } & Record<string, unknown>): void {
+  // Whoever started us may stop reading stdout (or die): a daemon keeps running, logging to stderr.
+  process.stdout.on('error', () => {})
   process.stdout.write(`ready ${JSON.stringify(info)}\n`)
 }
 

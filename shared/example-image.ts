@@ -3,14 +3,14 @@ import { createHash } from 'node:crypto'
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import Docker from 'dockerode'
+import { distFile } from './paths.js'
 
 /** The example app as a local image (no registry is reachable from our machines). */
 export const EXAMPLE_IMAGE = 'hyphae-example/hello:1'
 const DIGEST_LABEL = 'hyphae.example.digest'
-const HELLO_MAIN = fileURLToPath(new URL('../examples/hello/server.js', import.meta.url))
+const HELLO_MAIN = distFile('examples/hello/server.js')
 const run = promisify(execFile)
 
 /** Whether a Docker Engine answers, and if not, why. */

@@ -39,7 +39,7 @@ interface PathResult {
 }
 
 function settings (quick: boolean): { warmupS: number, throughputS: number, latencyS: number } {
-  return quick ? { warmupS: 1, throughputS: 4, latencyS: 5 } : { warmupS: 3, throughputS: 15, latencyS: 30 }
+  return quick ? { warmupS: 1, throughputS: 3, latencyS: 4 } : { warmupS: 3, throughputS: 15, latencyS: 30 }
 }
 
 async function measurePath (ctx: SuiteContext, path: PathSpec): Promise<PathResult> {

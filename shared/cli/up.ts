@@ -3,19 +3,19 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { fileURLToPath } from 'node:url'
 import { parseCommandLine, parseLogLevel, parsePort } from '../config.js'
 import { UsageError } from '../errors.js'
 import { ensureExampleImage, EXAMPLE_IMAGE } from '../example-image.js'
+import { distFile } from '../paths.js'
 
 export interface UpIo {
   out: (line: string) => void
   err: (line: string) => void
 }
 
-const ALLOCATOR_MAIN = fileURLToPath(new URL('../../allocator/main.js', import.meta.url))
-const PROXY_MAIN = fileURLToPath(new URL('../../proxy/main.js', import.meta.url))
-export const HELLO_MAIN = fileURLToPath(new URL('../../examples/hello/server.js', import.meta.url))
+const ALLOCATOR_MAIN = distFile('allocator/main.js')
+const PROXY_MAIN = distFile('proxy/main.js')
+export const HELLO_MAIN = distFile('examples/hello/server.js')
 
 const UP_OPTIONS = {
   port: { type: 'string' },
@@ -43,20 +43,23 @@ interface Child {
   exited: Promise<number | null>
 }
 
-async function startChild (name: string, script: string, args: string[]): Promise<Child> {
+/** Spawns a daemon, adds it to `children` at once (so it is stopped whatever happens next), waits for `ready`. */
+async function startChild (name: string, script: string, args: string[], children: Child[]): Promise<Child> {
   const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
   const exited = new Promise<number | null>(resolve => {
     proc.once('exit', code => { resolve(code) })
     proc.once('error', () => { resolve(null) })
   })
-  const ready = await new Promise<Child['ready']>((resolve, reject) => {
+  const child: Child = { name, proc, exited, ready: { peerId: '', multiaddrs: [], http: '' } }
+  children.push(child)
+  child.ready = await new Promise<Child['ready']>((resolve, reject) => {
     const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
     lines.on('line', line => {
       if (line.startsWith('ready ')) resolve(JSON.parse(line.slice(6)) as Child['ready'])
     })
     void exited.then(code => { reject(new Error(`${name} exited (code ${String(code)}) before it was ready`)) })
   })
-  return { name, proc, ready, exited }
+  return child
 }
 
 async function stopChild (child: Child): Promise<void> {
@@ -99,28 +102,37 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
     for (const child of children.reverse()) await stopChild(child)
     await rm(dir, { recursive: true, force: true })
   }
-  try {
+  // Listening from the start: Ctrl-C while the mesh is still starting must stop it too.
+  const signalled = new Promise<string>(resolve => {
+    process.once('SIGINT', () => { resolve('SIGINT') })
+    process.once('SIGTERM', () => { resolve('SIGTERM') })
+  })
+  const startup = (async () => {
     const common = ['--configfile', configFile, '--log-level', logLevel]
-    const allocator = await startChild('allocator', ALLOCATOR_MAIN, [...common, '--runtime', runtime, '--metrics', '0', '--idle-timeout', idleTimeout])
-    children.push(allocator)
-    const proxy = await startChild('client proxy', PROXY_MAIN, [...common, '--bootstrap', allocator.ready.multiaddrs[0], String(port)])
-    children.push(proxy)
+    const allocator = await startChild('allocator', ALLOCATOR_MAIN, [...common, '--runtime', runtime, '--metrics', '0', '--idle-timeout', idleTimeout], children)
+    const proxy = await startChild('client proxy', PROXY_MAIN, [...common, '--bootstrap', allocator.ready.multiaddrs[0], String(port)], children)
     io.out(`hyphae up: a local mesh is running (${runtime} runtime${runtime === 'docker' ? `, image ${EXAMPLE_IMAGE}` : ''})`)
     io.out(`  allocator    ${allocator.ready.peerId}  metrics ${allocator.ready.http}/metrics`)
     io.out(`  client proxy ${proxy.ready.http}`)
     io.out('Try:')
     io.out(`  curl ${proxy.ready.http}/hello/`)
     io.out('The first request starts an instance of hello; it is culled after it sits idle. Ctrl-C stops everything.')
-  } catch (err) {
+  })()
+  const early = await Promise.race([startup.then(() => undefined), signalled]).catch(async (err: unknown) => {
     await stopAll()
     throw err
+  })
+  if (early != null) {
+    io.out(`hyphae up: stopping (${early})`)
+    await startup.catch(() => {})
+    await stopAll()
+    return 0
   }
 
-  const reason = await new Promise<string>(resolve => {
-    process.once('SIGINT', () => { resolve('SIGINT') })
-    process.once('SIGTERM', () => { resolve('SIGTERM') })
-    for (const child of children) void child.exited.then(code => { resolve(`${child.name} exited (code ${String(code)})`) })
-  })
+  const reason = await Promise.race([
+    signalled,
+    ...children.map(async child => `${child.name} exited (code ${String(await child.exited)})`)
+  ])
   io.out(`hyphae up: stopping (${reason})`)
   await stopAll()
   return reason.startsWith('SIG') ? 0 : 1
