@@ -60,6 +60,8 @@ export interface SupervisorInit {
   healthTimeoutMs?: number
   /** How often start() polls the health path. Default 75 ms. */
   startPollMs?: number
+  /** Launches tried during start() while the app exits before its first health pass. Default 3. */
+  startAttempts?: number
   /** Relaunches in a row that did not become healthy before the supervisor gives up ('failed'). Default: never. */
   maxFailedRelaunches?: number
   /** Asked on every idle check: false keeps the instance however idle (e.g. to keep minInstances warm). */
@@ -143,6 +145,7 @@ export class InstanceSupervisor {
       healthTimeoutMs: init.healthTimeoutMs ?? DEFAULTS.healthTimeoutMs,
       startPollMs: init.startPollMs ?? DEFAULTS.startPollMs,
       maxFailedRelaunches: init.maxFailedRelaunches ?? Infinity,
+      startAttempts: init.startAttempts ?? 3,
       now: init.now ?? Date.now,
       backoff: { ...DEFAULTS.backoff, ...init.backoff }
     }
@@ -209,7 +212,9 @@ export class InstanceSupervisor {
     for (;;) {
       if (attempt > 0) {
         const wait = backoffDelay(attempt, this.cfg.backoff)
-        if (this.cfg.now() + wait >= deadline) {
+        // An app that keeps exiting before its first health pass will not start: say so now
+        // rather than hold the asking client until the start timeout.
+        if (attempt >= this.cfg.startAttempts || this.cfg.now() + wait >= deadline) {
           throw new AllocationError('start_failed', `the app of '${this.service}' ${lastExit?.reason ?? 'exited'} before it became healthy (${attempt} attempts)${this.outputHint()}`)
         }
         await this.pause(wait)

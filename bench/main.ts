@@ -151,7 +151,9 @@ async function main (): Promise<number> {
     details: { features, loadAverageAtEnd: loadavg().map(v => Math.round(v * 100) / 100), ...details }
   }
   const m = results.machine
-  process.stdout.write(`\nhyphae benchmarks, ${ctx.quick ? 'quick' : 'full'} run, ${results.date}: ${m.cpus} × ${m.cpuModel}, ${m.memoryGiB} GiB, Node ${m.node}, ${results.durationS} s\n\n`)
+  const loadEnd = (results.details.loadAverageAtEnd as number[])[0]
+  process.stdout.write(`\nhyphae benchmarks, ${ctx.quick ? 'quick' : 'full'} run, ${results.date}: ${m.cpus} × ${m.cpuModel}, ${m.memoryGiB} GiB, Node ${m.node}, ${results.durationS} s\n`)
+  process.stdout.write(`load average (1 min) at start ${m.loadAverageAtStart[0]}, at end ${loadEnd}: anything above ~0.5 means other work shared the CPUs\n\n`)
   process.stdout.write(formatTable(rows, { previous: previous?.values, previousName: previous?.name }) + '\n')
   const file = writeResults(outDir, results)
   process.stdout.write(`\nresults: ${file}\n`)

@@ -123,6 +123,8 @@ export class HelloServer {
     if (!isGet) { sendText(res, 405, 'method not allowed\n'); return }
 
     if (path === '/') { sendText(res, 200, `hello from ${this.instanceName}\n`); return }
+    // Drops the connection without an answer: what a proxy sees when an app dies mid-request.
+    if (path === '/reset') { req.socket.destroy(); return }
     if (path === '/healthz') { sendText(res, 200, 'ok'); return }
     if (path === '/stats') { sendJson(res, 200, this.stats()); return }
     if (path.startsWith('/bytes/')) {

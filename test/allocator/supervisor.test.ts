@@ -146,9 +146,12 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
     expect(h.supervisor.state === 'relaunching' || h.supervisor.state === 'unhealthy').toBe(true)
     const gaps = relaunchGaps(h)
     // 0 (first relaunch after being healthy), then 50, 100, 200, 400, 400 ms, plus spawn time.
-    expect(gaps[1]).toBeGreaterThan(gaps[0] * 1.5)
-    expect(gaps[2]).toBeGreaterThan(gaps[1] * 1.5)
-    expect(Math.max(...gaps)).toBeLessThan(400 + 300)
+    // Lower bounds only hold under any load; the cap is checked with room for a busy machine.
+    expect(gaps[1]).toBeGreaterThanOrEqual(50)
+    expect(gaps[2]).toBeGreaterThanOrEqual(100)
+    expect(gaps[3]).toBeGreaterThanOrEqual(200)
+    expect(gaps[4]).toBeGreaterThanOrEqual(400)
+    expect(Math.max(...gaps)).toBeLessThan(400 + 1500)
     expect(h.runtime.pids.slice(0, -1).some(pid => running(pid))).toBe(false)
 
     await rm(flag)
@@ -159,7 +162,7 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
 
   it('fails start() with a coded error after backing off an app that exits at once, leaving nothing behind', async () => {
     const pidFile = join(dir, `pids-${Math.random().toString(16).slice(2)}`)
-    const h = await harness(`echo $$ >> ${pidFile}; echo "cannot open config" >&2; exit 3`, {}, { startTimeoutMs: 1500 })
+    const h = await harness(`echo $$ >> ${pidFile}; echo "cannot open config" >&2; exit 3`, {}, { startTimeoutMs: 1500, startAttempts: 10 })
     const t0 = performance.now()
     const err = await h.supervisor.start().catch((e: unknown) => e)
     const took = performance.now() - t0
@@ -171,7 +174,7 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
 
     const gaps = relaunchGaps(h)
     expect(gaps.length).toBeGreaterThanOrEqual(3)
-    for (let i = 1; i < Math.min(gaps.length, 3); i++) expect(gaps[i]).toBeGreaterThan(gaps[i - 1] * 1.5)
+    for (let i = 1; i < Math.min(gaps.length, 3); i++) expect(gaps[i]).toBeGreaterThanOrEqual(50 * 2 ** (i - 1))
     expect(h.supervisor.state).toBe('failed')
     expect(eventNames(h).at(-1)).toBe('failed')
     expect(await h.supervisor.done).toBe('failed')

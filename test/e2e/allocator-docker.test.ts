@@ -86,3 +86,27 @@ describe.skipIf(skip)(`allocator (docker runtime)${skip ? ` (skipped: ${engine.r
     await eventually(async () => (await containers(peerId)).length === 0 ? true : undefined, 20_000, 'orphans removed')
   })
 })
+
+describe.skipIf(skip)('hyphae up --runtime docker', () => {
+  it('builds the example image, serves hello from a container, and stops it all on SIGINT', async () => {
+    const { binPath, startProcess } = await import('../helpers/daemon.js')
+    const { freePort } = await import('../helpers/mesh.js')
+    const up = await startProcess(binPath('hyphae'), ['up', '--runtime', 'docker', '--port', String(await freePort())], {
+      timeoutMs: 60_000,
+      isReady: line => /^\s+curl (\S+)/.exec(line)?.[1]
+    })
+    try {
+      const answer = await http(up.ready)
+      expect(answer.status).toBe(200)
+      const allocatorLine = up.stdoutLines.find(line => line.trim().startsWith('allocator'))
+      const peerId = allocatorLine?.trim().split(/\s+/)[1] ?? ''
+      const docker = new Docker()
+      const running = await docker.listContainers({ filters: { label: [`hyphae.allocator=${peerId}`] } })
+      expect(running).toHaveLength(1)
+      expect(await up.stop('SIGINT')).toBe(0)
+      expect(await docker.listContainers({ all: true, filters: { label: [`hyphae.allocator=${peerId}`] } })).toHaveLength(0)
+    } finally {
+      await up.stop()
+    }
+  }, 90_000)
+})

@@ -21,7 +21,8 @@ describe('allocator (process runtime)', () => {
       hello: { command, health: '/healthz' },
       held: { command, health: '/healthz' },
       third: { command, health: '/healthz' },
-      broken: { command: 'exit 3', health: '/healthz' }
+      broken: { command: 'exit 3', health: '/healthz' },
+      sluggish: { command: `sleep 2; exec ${command}`, health: '/healthz' }
     })
     allocator = await startDaemon('hyphae-allocator', [
       '--configfile', config.file, '--runtime', 'process', '--metrics', '0',
@@ -92,6 +93,16 @@ describe('allocator (process runtime)', () => {
     expect(json<{ error: { message: string } }>(answer).error.message).toMatch(/start_failed/)
     const after = await descendantsOf(allocator.pid)
     expect(after.filter(pid => !before.includes(pid) && isAlive(pid))).toEqual([])
+  })
+
+  it('releases held requests with a 504 when the cold start passes its deadline', async () => {
+    const impatient = await startClientProxy(config, allocator, ['--cold-start-timeout', '500'])
+    const answers = await Promise.all([1, 2, 3].map(async () => await http(`${impatient.ready.http as string}/sluggish/`)))
+    for (const answer of answers) {
+      expect(answer.status).toBe(504)
+      expect(json<{ error: { message: string } }>(answer).error.message).toMatch(/within 500 ms/)
+    }
+    await impatient.stop()
   })
 
   it('stops every instance it started on SIGTERM (checked by PID)', async () => {
