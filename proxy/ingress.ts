@@ -6,6 +6,7 @@ import { SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
 import { sendError } from './errors.js'
 import type { MeshAgents } from './mesh-agents.js'
 import { mayRetry, relay, RelayError } from './relay.js'
+import type { RetryBudget } from './retry-budget.js'
 import type { Router } from './router.js'
 
 export interface RecordSource {
@@ -16,6 +17,10 @@ export interface RequestObserver {
   (service: string, status: number, startedAt: number, retried: boolean): void
 }
 
+export interface PickObserver {
+  (service: string, rttMs: number): void
+}
+
 export interface IngressInit {
   port: number
   registry: RecordSource
@@ -24,7 +29,10 @@ export interface IngressInit {
   log: Logger
   /** Time allowed for an instance to start answering a request. */
   responseTimeoutMs?: number
+  /** Caps retries across all requests (a sick mesh is not flooded); none: one retry each. */
+  retryBudget?: RetryBudget
   observe?: RequestObserver
+  observePick?: PickObserver
 }
 
 /** Attempts per request: the first, and one retry on another instance (DESIGN.md). */
@@ -112,30 +120,39 @@ export class Ingress {
       return this.fail(res, target.app, new MeshError(404, 'unknown_service', `no service named '${target.app}' in the registry`), false)
     }
 
+    const { router, agents, retryBudget } = this.init
+    retryBudget?.deposit()
     const tried = new Set<string>()
     for (let attempt = 1; ; attempt++) {
       let peer
       try {
-        peer = await this.init.router.pick(record, tried)
+        peer = await router.pick(record, tried)
       } catch (err) {
         if (err instanceof MeshError) return this.fail(res, target.app, err, attempt > 1)
         throw err
       }
+      this.init.observePick?.(target.app, peer.rttMs)
+      const chosen = peer
+      const sentAt = performance.now()
+      chosen.inflight++
       try {
         const result = await relay(req, res, {
-          agent: this.init.agents.for(peer.id),
+          agent: agents.for(chosen.id),
           path: target.path,
           forward: { forwardedFor: req.socket.remoteAddress ?? '127.0.0.1', forwardedPrefix: `/${target.app}` },
-          responseTimeoutMs: this.responseTimeoutMs
+          responseTimeoutMs: this.responseTimeoutMs,
+          onResponseStart: () => { chosen.observeLatency(performance.now() - sentAt, Date.now()) }
         })
+        chosen.inflight--
         return { service: target.app, status: result.status, retried: attempt > 1 }
       } catch (err) {
+        chosen.inflight--
         if (!(err instanceof RelayError)) throw err
-        tried.add(peer.id.toString())
-        await this.init.router.markFailed(record, peer.id)
-        this.init.agents.drop(peer.id)
-        this.init.log.warn({ service: target.app, peer: peer.id.toString(), phase: err.phase, err: err.message }, 'instance failed a request')
-        if (attempt < MAX_ATTEMPTS && mayRetry(req, err)) continue
+        tried.add(chosen.key)
+        router.markFailed(record, chosen.key)
+        agents.drop(chosen.id)
+        this.init.log.warn({ service: target.app, peer: chosen.key, phase: err.phase, err: err.message }, 'instance failed a request')
+        if (attempt < MAX_ATTEMPTS && mayRetry(req, err) && (retryBudget?.tryWithdraw() ?? true)) continue
         if (err.timedOut) return this.fail(res, target.app, new MeshError(504, 'timeout', `the instance of '${target.app}' did not answer within ${this.responseTimeoutMs} ms`), attempt > 1)
         return this.fail(res, target.app, new MeshError(502, 'instance_failed', `the instance of '${target.app}' failed mid-request: ${err.message}`), attempt > 1)
       }

@@ -58,9 +58,12 @@ export class PeerFinder {
     return { id: peer, rttMs }
   }
 
-  /** One ping; a dial may come first, so the deadline allows a few round trips for it. */
-  async ping (peer: PeerId, hardRttMs: number, signal?: AbortSignal): Promise<number | undefined> {
-    const deadline = AbortSignal.timeout(hardRttMs * 4 + 1000)
+  /**
+   * One ping. A dial may come first, so by default the deadline allows a few round trips for
+   * it; pings of connected peers pass a tighter one.
+   */
+  async ping (peer: PeerId, hardRttMs: number, signal?: AbortSignal, timeoutMs = hardRttMs * 4 + 1000): Promise<number | undefined> {
+    const deadline = AbortSignal.timeout(timeoutMs)
     try {
       return await this.init.node.services.ping.ping(peer, { signal: signal != null ? AbortSignal.any([deadline, signal]) : deadline })
     } catch (err) {

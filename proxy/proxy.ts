@@ -6,11 +6,13 @@ import { MetricsServer } from '../shared/metrics-server.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { Advertiser } from './advertiser.js'
-import { ColdStarter } from './cold-start.js'
+import { Allocations } from './allocations.js'
 import { Ingress, type RecordSource } from './ingress.js'
 import { InstanceServer } from './instance-server.js'
 import { MeshAgents } from './mesh-agents.js'
+import { LEVELS } from './peer-cache.js'
 import { PeerFinder } from './peer-finder.js'
+import { RetryBudget } from './retry-budget.js'
 import { Router } from './router.js'
 
 export interface ServerModeInit {
@@ -47,6 +49,7 @@ export class Proxy {
   readonly metrics = new MetricsRegistry()
   private readonly agents: MeshAgents
   private readonly ingress: Ingress
+  private readonly router: Router
   private instance?: InstanceServer
   private advertiser?: Advertiser
   private metricsServer?: MetricsServer
@@ -55,21 +58,43 @@ export class Proxy {
 
   constructor (private readonly init: ProxyInit) {
     collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_proxy_' })
-    const requests = new Counter({ name: 'hyphae_proxy_requests_total', help: 'Requests sent into the mesh, by service and status', labelNames: ['service', 'status'], registers: [this.metrics] })
+    const registers = [this.metrics]
+    const requests = new Counter({ name: 'hyphae_proxy_requests_total', help: 'Requests sent into the mesh, by service and status', labelNames: ['service', 'status'], registers })
     const latency = new Histogram({
       name: 'hyphae_proxy_request_duration_seconds',
-      help: 'Time from request to complete response through the mesh, by service',
-      labelNames: ['service'],
+      help: 'Time from request to complete response through the mesh, by service and status',
+      labelNames: ['service', 'status'],
       buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10],
-      registers: [this.metrics]
+      registers
     })
-    const retries = new Counter({ name: 'hyphae_proxy_retries_total', help: 'Requests retried on another instance', labelNames: ['service'], registers: [this.metrics] })
+    const retries = new Counter({ name: 'hyphae_proxy_retries_total', help: 'Requests retried on another instance', labelNames: ['service'], registers })
+    const chosenRtt = new Histogram({
+      name: 'hyphae_proxy_chosen_instance_rtt_ms',
+      help: 'Smoothed RTT of the instance each request went to, by service',
+      labelNames: ['service'],
+      buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
+      registers
+    })
     this.agents = new MeshAgents(init.node, init.streamPerRequest !== true)
     const finder = new PeerFinder({ node: init.node, log: init.log })
     const router = new Router({
       finder,
-      coldStarter: new ColdStarter({ node: init.node, finder, log: init.log, timeoutMs: init.coldStartTimeoutMs }),
-      defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs }
+      allocations: new Allocations({ node: init.node, finder, log: init.log, coldStartTimeoutMs: init.coldStartTimeoutMs }),
+      defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs },
+      log: init.log
+    })
+    this.router = router
+    new Gauge({
+      name: 'hyphae_proxy_cached_instances',
+      help: 'Instances in the peer cache, by service and level',
+      labelNames: ['service', 'level'],
+      registers,
+      collect () {
+        this.reset()
+        for (const { service, counts } of router.levelCounts()) {
+          for (const level of LEVELS) this.set({ service, level }, counts[level])
+        }
+      }
     })
     this.ingress = new Ingress({
       port: init.port,
@@ -78,11 +103,13 @@ export class Proxy {
       agents: this.agents,
       log: init.log,
       responseTimeoutMs: init.responseTimeoutMs,
+      retryBudget: new RetryBudget(),
       observe: (service, status, startedAt, retried) => {
         requests.inc({ service, status })
-        latency.observe({ service }, (performance.now() - startedAt) / 1000)
+        latency.observe({ service, status }, (performance.now() - startedAt) / 1000)
         if (retried) retries.inc({ service })
-      }
+      },
+      observePick: (service, rttMs) => { chosenRtt.observe({ service }, rttMs) }
     })
   }
 
@@ -103,12 +130,16 @@ export class Proxy {
   async start (): Promise<void> {
     const { init } = this
     if (init.server != null) await this.startServerMode(init.server)
+    this.router.start()
     this.ports.http = await this.ingress.start()
     if (init.metricsPort != null) {
       this.metricsServer = new MetricsServer({
         port: init.metricsPort,
         registry: this.metrics,
-        routes: { '/': () => ({ type: 'text', body: `${this.idleSeconds}\n` }) }
+        routes: {
+          '/': () => ({ type: 'text', body: `${this.idleSeconds}\n` }),
+          '/peers': () => ({ type: 'json', body: JSON.stringify(this.router.snapshot(), null, 2) })
+        }
       })
       this.ports.metrics = await this.metricsServer.start()
     }
@@ -128,6 +159,7 @@ export class Proxy {
     await this.ingress.stop()
     await this.instance?.stop(this.init.drainMs)
     await this.metricsServer?.stop()
+    this.router.stop()
     this.agents.stop()
   }
 

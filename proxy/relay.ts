@@ -23,6 +23,8 @@ export interface RelayTarget {
   forward?: ForwardHeaders
   /** Time allowed until the response headers arrive. */
   responseTimeoutMs?: number
+  /** Called when the response headers arrive (for latency estimates). */
+  onResponseStart?: () => void
 }
 
 export interface RelayResult {
@@ -76,6 +78,7 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
     upstream.on('response', (answer: IncomingMessage) => {
       phase = 'response'
       clearTimeout(timer)
+      target.onResponseStart?.()
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardRawHeaders(answer.rawHeaders))
       answer.pipe(res, { end: false })
       answer.on('end', () => {

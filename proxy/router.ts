@@ -1,46 +1,80 @@
-import type { PeerId } from '@libp2p/interface'
 import { serviceCid } from '../shared/cids.js'
 import { MeshError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
-import type { ColdStarter } from './cold-start.js'
-import type { Candidate, PeerFinder } from './peer-finder.js'
+import type { Allocations } from './allocations.js'
+import { pickP2C, ServicePeers, type Level, type PeerState, type RttLimits } from './peer-cache.js'
+import type { PeerFinder } from './peer-finder.js'
 
-export interface RttLimits {
-  softRttMs: number
-  hardRttMs: number
-}
+export type { RttLimits }
 
 export interface RouterInit {
   finder: PeerFinder
   /** The config's Perf defaults, for records that name no RTTs. */
   defaults: RttLimits
-  /** Starts an instance when none is within the hard RTT; none: answer 503. */
-  coldStarter?: ColdStarter
-  /** How long a discovered set of instances is used before the DHT is asked again. */
-  cacheTtlMs?: number
+  log: Logger
+  /** Cold starts and better instances; none: no instance within the hard RTT is a 503. */
+  allocations?: Allocations
+  /** How often cached peers are pinged (with ±20% jitter). */
+  pingIntervalMs?: number
+  /** How often the DHT is asked again for new instances of a service in use. */
+  rediscoverMs?: number
+  /** A service unused this long is forgotten (and its peers no longer pinged). */
+  idleServiceMs?: number
   now?: () => number
+  random?: () => number
 }
 
-interface CachedInstances {
-  candidates: Candidate[]
-  expiresAt: number
+interface ServiceEntry {
+  record: ServiceRecord
+  cid: string
+  peers: ServicePeers
+  lastUsed: number
+  discoveredAt: number
+  discovery?: Promise<void>
+  improving: boolean
+  improveFailures: number
+  improveAfter: number
 }
+
+/** First back-off after an attempt to find a better instance found none; doubles up to the cap. */
+const IMPROVE_BACKOFF_MS = 5_000
+const IMPROVE_BACKOFF_CAP_MS = 120_000
 
 /**
- * Picks the instance a request goes to: the nearest known instance within the service's
- * hard RTT. Instances are discovered once and cached, so the DHT is not walked per request;
- * a failed instance is dropped and the next request looks again.
+ * Picks the instance each request goes to. Per service it keeps the instances it knows in a
+ * peer cache (levels by RTT and reliability, kept fresh by a background ping loop) and picks
+ * among the best level by power of two choices over a peak-EWMA cost. When nothing is within
+ * the hard RTT it has an instance started; when the best is over the soft RTT it uses it and
+ * asks, in the background, for a nearer one.
  */
 export class Router {
-  private readonly cache = new Map<string, CachedInstances>()
-  private readonly discoveries = new Map<string, Promise<Candidate[]>>()
-  private readonly keys = new WeakMap<ServiceRecord, string>()
-  private readonly cacheTtlMs: number
+  private readonly services = new Map<string, ServiceEntry>()
+  private readonly cids = new WeakMap<ServiceRecord, string>()
+  private readonly pingIntervalMs: number
+  private readonly rediscoverMs: number
+  private readonly idleServiceMs: number
   private readonly now: () => number
+  private readonly random: () => number
+  private timer: NodeJS.Timeout | undefined
+  private pinging = false
 
   constructor (private readonly init: RouterInit) {
-    this.cacheTtlMs = init.cacheTtlMs ?? 30_000
+    this.pingIntervalMs = init.pingIntervalMs ?? 1000
+    this.rediscoverMs = init.rediscoverMs ?? 30_000
+    this.idleServiceMs = init.idleServiceMs ?? 5 * 60_000
     this.now = init.now ?? Date.now
+    this.random = init.random ?? Math.random
+  }
+
+  start (): void {
+    this.schedule()
+  }
+
+  stop (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.services.clear()
   }
 
   limits (record: ServiceRecord): RttLimits {
@@ -50,54 +84,135 @@ export class Router {
     }
   }
 
-  /** The best instance not in `exclude`; a MeshError 503 when there is none within the hard RTT. */
-  async pick (record: ServiceRecord, exclude: ReadonlySet<string> = new Set(), signal?: AbortSignal): Promise<Candidate> {
-    const key = await this.keyOf(record)
-    const cached = this.cache.get(key)
-    let candidates = cached != null && cached.expiresAt > this.now() ? cached.candidates : undefined
-    if (candidates == null || candidates.every(c => exclude.has(c.id.toString()))) {
-      candidates = await this.discover(record, key, signal)
+  /** The instance for one request, never one in `exclude`; a MeshError when there is none. */
+  async pick (record: ServiceRecord, exclude: ReadonlySet<string> = new Set(), signal?: AbortSignal): Promise<PeerState> {
+    const entry = await this.entryFor(record)
+    const now = this.now()
+    entry.lastUsed = now
+    let candidates = entry.peers.bestLevel(exclude)
+    if (candidates.length === 0) {
+      await this.discover(entry, signal)
+      candidates = entry.peers.bestLevel(exclude)
+    } else if (now - entry.discoveredAt > this.rediscoverMs) {
+      void this.discover(entry).catch(() => {})
     }
-    const best = candidates.find(c => !exclude.has(c.id.toString()))
-    if (best != null) return best
-    const { hardRttMs } = this.limits(record)
-    if (this.init.coldStarter == null) throw new MeshError(503, 'no_instance', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms`)
-    const started = await this.init.coldStarter.start(record, hardRttMs)
-    const entry = this.cache.get(key)
-    const known = entry?.candidates.filter(c => !c.id.equals(started.id)) ?? []
-    this.cache.set(key, { candidates: [...known, started].sort((a, b) => a.rttMs - b.rttMs), expiresAt: this.now() + this.cacheTtlMs })
-    return started
+    if (candidates.length === 0) return await this.coldStart(entry)
+    const chosen = pickP2C(candidates, this.random) as PeerState
+    if (chosen.rttMs > entry.peers.limits.softRttMs) this.improve(entry, chosen.rttMs)
+    return chosen
   }
 
-  /** Forgets an instance that failed a request; it comes back only if the DHT offers it again. */
-  async markFailed (record: ServiceRecord, peer: PeerId): Promise<void> {
-    const entry = this.cache.get(await this.keyOf(record))
-    if (entry != null) entry.candidates = entry.candidates.filter(c => !c.id.equals(peer))
+  /** Drops an instance that failed a request; it returns only if the DHT offers it and it answers. */
+  markFailed (record: ServiceRecord, peerKey: string): void {
+    const cid = this.cids.get(record)
+    if (cid != null) this.services.get(cid)?.peers.remove(peerKey)
   }
 
-  private async discover (record: ServiceRecord, key: string, signal?: AbortSignal): Promise<Candidate[]> {
-    // Concurrent requests for one service share one DHT walk.
-    let discovery = this.discoveries.get(key)
-    if (discovery == null) {
-      discovery = (async () => {
-        const { finder } = this.init
-        const cid = await serviceCid(record)
-        const candidates = await finder.discover(cid, this.limits(record).hardRttMs, signal)
-        this.cache.set(key, { candidates, expiresAt: this.now() + (candidates.length > 0 ? this.cacheTtlMs : 0) })
-        return candidates
-      })().finally(() => this.discoveries.delete(key))
-      this.discoveries.set(key, discovery)
-    }
-    return await discovery
+  /** The cache as JSON-friendly data, for `/peers` and metrics. */
+  snapshot (): Array<{ service: string, limits: RttLimits, peers: Array<{ peer: string, level: Level, rttMs: number, lastRttMs: number, latencyMs: number, inflight: number, score: number }> }> {
+    return [...this.services.values()].map(entry => ({
+      service: entry.record.name,
+      limits: entry.peers.limits,
+      peers: entry.peers.all().map(p => ({ peer: p.key, level: p.level, rttMs: round(p.rttMs), lastRttMs: p.lastRttMs, latencyMs: round(p.latencyMs), inflight: p.inflight, score: p.score }))
+    }))
   }
 
-  /** Records are cached objects, so their CIDs are computed once, not per request. */
-  private async keyOf (record: ServiceRecord): Promise<string> {
-    let key = this.keys.get(record)
-    if (key == null) {
-      key = (await serviceCid(record)).toString()
-      this.keys.set(record, key)
-    }
-    return key
+  levelCounts (): Array<{ service: string, counts: Record<Level, number> }> {
+    return [...this.services.values()].map(entry => ({ service: entry.record.name, counts: entry.peers.countByLevel() }))
   }
+
+  private async entryFor (record: ServiceRecord): Promise<ServiceEntry> {
+    let cid = this.cids.get(record)
+    if (cid == null) {
+      cid = (await serviceCid(record)).toString()
+      this.cids.set(record, cid)
+    }
+    let entry = this.services.get(cid)
+    if (entry == null) {
+      entry = { record, cid, peers: new ServicePeers(this.limits(record), this.now), lastUsed: this.now(), discoveredAt: 0, improving: false, improveFailures: 0, improveAfter: 0 }
+      this.services.set(cid, entry)
+    }
+    return entry
+  }
+
+  /** Asks the DHT for instances and adds those within the hard RTT; one walk at a time per service. */
+  private async discover (entry: ServiceEntry, signal?: AbortSignal): Promise<void> {
+    entry.discovery ??= (async () => {
+      try {
+        const { record } = entry
+        const found = await this.init.finder.discover(await serviceCid(record), entry.peers.limits.hardRttMs, signal)
+        for (const candidate of found) entry.peers.add(candidate.id, candidate.rttMs)
+        entry.discoveredAt = this.now()
+      } finally {
+        entry.discovery = undefined
+      }
+    })()
+    await entry.discovery
+  }
+
+  private async coldStart (entry: ServiceEntry): Promise<PeerState> {
+    const { allocations } = this.init
+    const { hardRttMs } = entry.peers.limits
+    if (allocations == null) throw new MeshError(503, 'no_instance', `no instance of '${entry.record.name}' within its hard RTT of ${hardRttMs} ms`)
+    const started = await allocations.coldStart(entry.record, hardRttMs)
+    const peer = entry.peers.add(started.id, started.rttMs) ?? entry.peers.get(started.id.toString())
+    if (peer == null) throw new MeshError(503, 'no_instance', `the new instance of '${entry.record.name}' is not within ${hardRttMs} ms`)
+    return peer
+  }
+
+  /** In the background: at most one request for a nearer instance per service, backing off when none can be had. */
+  private improve (entry: ServiceEntry, currentRttMs: number): void {
+    const { allocations, log } = this.init
+    if (allocations == null || entry.improving || this.now() < entry.improveAfter) return
+    entry.improving = true
+    allocations.improve(entry.record, entry.peers.limits, currentRttMs).then(found => {
+      entry.peers.add(found.id, found.rttMs)
+      entry.improveFailures = 0
+      log.info({ service: entry.record.name, instance: found.id.toString(), rttMs: found.rttMs, replacedRttMs: Math.round(currentRttMs) }, 'started a nearer instance')
+    }, (err: Error) => {
+      entry.improveFailures++
+      const backoff = Math.min(IMPROVE_BACKOFF_MS * 2 ** (entry.improveFailures - 1), IMPROVE_BACKOFF_CAP_MS)
+      entry.improveAfter = this.now() + backoff
+      log.info({ service: entry.record.name, rttMs: Math.round(currentRttMs), err: err.message, retryInMs: backoff }, 'no nearer instance to be had')
+    }).finally(() => { entry.improving = false })
+  }
+
+  private schedule (): void {
+    const jitter = 0.8 + this.random() * 0.4
+    this.timer = setTimeout(() => { void this.pingAll().finally(() => { if (this.timer != null) this.schedule() }) }, this.pingIntervalMs * jitter)
+    this.timer.unref()
+  }
+
+  /** Pings every cached peer of the services in use, all in parallel. */
+  async pingAll (): Promise<void> {
+    if (this.pinging) return
+    this.pinging = true
+    try {
+      const now = this.now()
+      const pings: Array<Promise<void>> = []
+      for (const [cid, entry] of this.services) {
+        if (now - entry.lastUsed > this.idleServiceMs) {
+          this.services.delete(cid)
+          continue
+        }
+        const { hardRttMs } = entry.peers.limits
+        for (const peer of entry.peers.all()) {
+          // Never more often than needed: a peer pinged moments ago (by discovery) waits.
+          if (now - peer.lastPingAt < this.pingIntervalMs / 2) continue
+          pings.push(this.init.finder.ping(peer.id, hardRttMs, undefined, Math.max(2 * hardRttMs, hardRttMs + 500)).then(rtt => {
+            if (entry.peers.observePing(peer.key, rtt) === 'dropped') {
+              this.init.log.info({ service: entry.record.name, peer: peer.key, rttMs: rtt ?? null, hardRttMs }, rtt == null ? 'instance stopped answering: dropped' : 'instance over the hard RTT: dropped')
+            }
+          }))
+        }
+      }
+      await Promise.all(pings)
+    } finally {
+      this.pinging = false
+    }
+  }
+}
+
+function round (n: number): number {
+  return Math.round(n * 10) / 10
 }

@@ -62,8 +62,9 @@ export function writeResults (dir: string, results: RunResults): string {
 }
 
 /**
- * The newest earlier results file, preferring one of the same kind (quick or full) so that
- * figures compare like with like; its values by row id.
+ * The previous figure of every row: from the newest earlier results file that has it, among
+ * runs of the same kind (quick or full, which use different sizes and durations); only when
+ * there is no run of that kind at all, from the other kind.
  */
 export function previousResults (dir: string, quick: boolean): { name: string, values: Map<string, number | null> } | undefined {
   let files: string[]
@@ -75,12 +76,26 @@ export function previousResults (dir: string, quick: boolean): { name: string, v
   const parsed: Array<{ file: string, results: RunResults }> = []
   for (const file of files) {
     try {
-      parsed.push({ file, results: JSON.parse(readFileSync(join(dir, file), 'utf8')) as RunResults })
+      const results = JSON.parse(readFileSync(join(dir, file), 'utf8')) as RunResults
+      if (Array.isArray(results.rows)) parsed.push({ file, results })
     } catch { /* not ours or damaged: skip */ }
   }
-  const pick = parsed.find(p => p.results.quick === quick) ?? parsed[0]
-  if (pick == null) return undefined
+  const sameKind = parsed.filter(p => p.results.quick === quick)
+  const pool = sameKind.length > 0 ? sameKind : parsed
+  if (pool.length === 0) return undefined
   const values = new Map<string, number | null>()
-  for (const row of pick.results.rows ?? []) values.set(row.id, row.value)
-  return { name: `${basename(pick.file)} (${pick.results.quick ? 'quick' : 'full'} run)`, values }
+  const used = new Set<string>()
+  for (const { file, results } of pool) {
+    for (const row of results.rows) {
+      if (values.has(row.id) || row.value == null) continue
+      values.set(row.id, row.value)
+      used.add(basename(file))
+    }
+  }
+  const kind = pool[0].results.quick ? 'quick' : 'full'
+  const names = [...used].sort().reverse()
+  const name = names.length <= 1
+    ? `${names[0] ?? basename(pool[0].file)} (${kind} run)`
+    : `newest earlier ${kind} run with each figure: ${names.join(', ')}`
+  return { name, values }
 }

@@ -1,0 +1,97 @@
+import type { PeerId } from '@libp2p/interface'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { requestAllocation } from '../allocator/alloc-protocol.js'
+import { allocatorCid } from '../shared/cids.js'
+import { MeshError } from '../shared/errors.js'
+import type { Logger } from '../shared/log.js'
+import type { MeshNode } from '../shared/node.js'
+import type { ServiceRecord } from '../shared/registry/record.js'
+import type { Candidate, PeerFinder } from './peer-finder.js'
+
+export interface AllocationsInit {
+  node: MeshNode
+  finder: PeerFinder
+  log: Logger
+  /** How long requests are held for a cold start before they get a 504. */
+  coldStartTimeoutMs?: number
+}
+
+/**
+ * Asks allocators for instances: a cold start when a service has none within its hard RTT
+ * (concurrent requests share one allocation and are all released by the deadline), and a
+ * better instance when the best one is over the soft RTT (from an allocator nearer than it).
+ */
+export class Allocations {
+  private readonly coldStarts = new Map<string, Promise<Candidate>>()
+  private readonly coldStartTimeoutMs: number
+
+  constructor (private readonly init: AllocationsInit) {
+    this.coldStartTimeoutMs = init.coldStartTimeoutMs ?? 30_000
+  }
+
+  async coldStart (record: ServiceRecord, hardRttMs: number): Promise<Candidate> {
+    let allocation = this.coldStarts.get(record.name)
+    if (allocation == null) {
+      allocation = this.startCold(record, hardRttMs).finally(() => this.coldStarts.delete(record.name))
+      this.coldStarts.set(record.name, allocation)
+    }
+    return await allocation
+  }
+
+  /**
+   * A new instance from an allocator nearer than `currentRttMs`, preferring those within the
+   * soft RTT; rejects when no allocator is nearer or none could start one.
+   */
+  async improve (record: ServiceRecord, limits: { softRttMs: number, hardRttMs: number }, currentRttMs: number): Promise<Candidate> {
+    const deadline = AbortSignal.timeout(this.coldStartTimeoutMs)
+    const allocators = (await this.init.finder.discover(await allocatorCid(), limits.hardRttMs, deadline)).filter(a => a.rttMs < currentRttMs)
+    if (allocators.length === 0) throw new MeshError(503, 'no_nearer_allocator', `no allocator nearer than ${currentRttMs} ms`)
+    return await this.requestFrom(allocators, record, limits.hardRttMs, deadline)
+  }
+
+  private async startCold (record: ServiceRecord, hardRttMs: number): Promise<Candidate> {
+    const started = performance.now()
+    const deadline = AbortSignal.timeout(this.coldStartTimeoutMs)
+    try {
+      const allocators = await this.init.finder.discover(await allocatorCid(), hardRttMs, deadline)
+      if (allocators.length === 0) throw new MeshError(503, 'no_allocator', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms, and no allocator within it to start one`)
+      const instance = await this.requestFrom(allocators, record, hardRttMs, deadline)
+      this.init.log.info({ service: record.name, instance: instance.id.toString(), rttMs: instance.rttMs, ms: Math.round(performance.now() - started) }, 'cold start: instance allocated')
+      return instance
+    } catch (err) {
+      if (deadline.aborted) throw new MeshError(504, 'cold_start_timeout', `no instance of '${record.name}' was ready within ${this.coldStartTimeoutMs} ms`)
+      throw err
+    }
+  }
+
+  /** Asks each allocator in turn, nearest first, until one starts an instance that answers. */
+  private async requestFrom (allocators: Candidate[], record: ServiceRecord, hardRttMs: number, deadline: AbortSignal): Promise<Candidate> {
+    const { node, finder, log } = this.init
+    const refusals: string[] = []
+    for (const allocator of allocators) {
+      const answer = await requestAllocation(node, allocator.id, record.name, deadline).catch((err: Error) => {
+        if (deadline.aborted) throw err
+        return { ok: false as const, error: { code: 'unreachable', message: err.message } }
+      })
+      if (!answer.ok) {
+        refusals.push(`${short(allocator.id)}: ${answer.error.code} (${answer.error.message})`)
+        log.info({ service: record.name, allocator: allocator.id.toString(), code: answer.error.code, err: answer.error.message }, 'allocator refused')
+        continue
+      }
+      const id = peerIdFromString(answer.instance.peerId)
+      await node.peerStore.merge(id, { multiaddrs: answer.instance.multiaddrs.map(text => multiaddr(text)) })
+      const rttMs = await finder.ping(id, hardRttMs, deadline)
+      if (rttMs == null || rttMs > hardRttMs) {
+        refusals.push(`${short(allocator.id)}: its new instance is not within ${hardRttMs} ms`)
+        continue
+      }
+      return { id, rttMs }
+    }
+    throw new MeshError(503, 'allocation_failed', `no allocator could start '${record.name}': ${refusals.join('; ')}`)
+  }
+}
+
+function short (id: PeerId): string {
+  return id.toString().slice(-8)
+}

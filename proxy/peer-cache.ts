@@ -1,0 +1,162 @@
+import type { PeerId } from '@libp2p/interface'
+
+export interface RttLimits {
+  softRttMs: number
+  hardRttMs: number
+}
+
+/**
+ * Levels, best first: meets the soft RTT and has kept meeting it (reliable) · meets it but not
+ * yet for long (fresh) · over the soft RTT, used only when nothing better exists (removal).
+ */
+export type Level = 'reliable' | 'fresh' | 'removal'
+export const LEVELS: readonly Level[] = ['reliable', 'fresh', 'removal']
+
+/** Pings in a row within the soft RTT that make a peer reliable. */
+const RELIABLE_AT = 3
+/** Weight of a new RTT sample in the smoothed RTT. */
+const RTT_ALPHA = 0.3
+/** Peak-EWMA time constant (Linkerd's default): lower observations decay in over ~10 s. */
+const DECAY_MS = 10_000
+/** What an instance never measured is assumed to cost (Linkerd starts at 30 ms too). */
+export const DEFAULT_LATENCY_MS = 30
+
+export class PeerState {
+  readonly key: string
+  /** Smoothed ping RTT (EWMA), ms. */
+  rttMs: number
+  lastRttMs: number
+  /** Reliability: rises with each ping within the soft RTT, drops a level on one over it. */
+  score: number
+  lastPingAt: number
+  /** Requests in flight to this peer. */
+  inflight = 0
+  /** Peak-EWMA latency estimate of its responses, ms. */
+  latencyMs = DEFAULT_LATENCY_MS
+  private latencyAt: number
+
+  constructor (readonly id: PeerId, rttMs: number, limits: RttLimits, now: number) {
+    this.key = id.toString()
+    this.rttMs = rttMs
+    this.lastRttMs = rttMs
+    this.score = rttMs <= limits.softRttMs ? 1 : 0
+    this.lastPingAt = now
+    this.latencyAt = now
+  }
+
+  get level (): Level {
+    if (this.score >= RELIABLE_AT) return 'reliable'
+    return this.score >= 1 ? 'fresh' : 'removal'
+  }
+
+  /** Load-aware cost for power-of-two-choices: latency estimate × (requests in flight + 1). */
+  cost (): number {
+    return this.latencyMs * (this.inflight + 1)
+  }
+
+  /**
+   * Peak EWMA: an observation above the estimate replaces it at once (react to trouble fast);
+   * lower ones decay into it with a ~10 s time constant (recover slowly).
+   */
+  observeLatency (ms: number, now: number): void {
+    if (ms >= this.latencyMs) {
+      this.latencyMs = ms
+    } else {
+      const weight = Math.exp(-Math.max(0, now - this.latencyAt) / DECAY_MS)
+      this.latencyMs = this.latencyMs * weight + ms * (1 - weight)
+    }
+    this.latencyAt = now
+  }
+}
+
+/** The outcome of one ping, for the peer's level. */
+export type PingVerdict = 'kept' | 'dropped'
+
+/**
+ * The known instances of one service with their RTTs and levels (the Go original's pcache,
+ * done better): a ping over the hard RTT, or none at all, drops a peer at once; one over the
+ * soft RTT drops it a level; pings within it raise it until it is reliable.
+ */
+export class ServicePeers {
+  private readonly peers = new Map<string, PeerState>()
+
+  constructor (readonly limits: RttLimits, private readonly now: () => number) {}
+
+  get size (): number {
+    return this.peers.size
+  }
+
+  all (): PeerState[] {
+    return [...this.peers.values()]
+  }
+
+  get (key: string): PeerState | undefined {
+    return this.peers.get(key)
+  }
+
+  /** Adds a newly found peer with its first RTT, or records the RTT of a known one. */
+  add (id: PeerId, rttMs: number): PeerState | undefined {
+    const known = this.peers.get(id.toString())
+    if (known != null) {
+      this.observePing(known.key, rttMs)
+      return this.peers.get(known.key)
+    }
+    if (rttMs > this.limits.hardRttMs) return undefined
+    const peer = new PeerState(id, rttMs, this.limits, this.now())
+    this.peers.set(peer.key, peer)
+    return peer
+  }
+
+  /** Records a ping: `undefined` means no answer. */
+  observePing (key: string, rttMs: number | undefined): PingVerdict {
+    const peer = this.peers.get(key)
+    if (peer == null) return 'dropped'
+    if (rttMs == null || rttMs > this.limits.hardRttMs) {
+      this.peers.delete(key)
+      return 'dropped'
+    }
+    peer.lastRttMs = rttMs
+    peer.rttMs = peer.rttMs * (1 - RTT_ALPHA) + rttMs * RTT_ALPHA
+    peer.lastPingAt = this.now()
+    if (rttMs <= this.limits.softRttMs) {
+      peer.score = Math.min(peer.score + 1, RELIABLE_AT)
+    } else {
+      // Down one level: reliable → fresh, fresh → removal.
+      peer.score = peer.score >= RELIABLE_AT ? 1 : 0
+    }
+    return 'kept'
+  }
+
+  remove (key: string): void {
+    this.peers.delete(key)
+  }
+
+  /** The peers of the best level that has any, without those in `exclude`. */
+  bestLevel (exclude: ReadonlySet<string> = new Set()): PeerState[] {
+    for (const level of LEVELS) {
+      const peers = this.all().filter(p => p.level === level && !exclude.has(p.key))
+      if (peers.length > 0) return peers
+    }
+    return []
+  }
+
+  countByLevel (): Record<Level, number> {
+    const counts: Record<Level, number> = { reliable: 0, fresh: 0, removal: 0 }
+    for (const peer of this.peers.values()) counts[peer.level]++
+    return counts
+  }
+}
+
+/**
+ * Power of two choices: two distinct random peers, the cheaper one wins. Spreads load evenly
+ * and away from slow or busy peers without any shared state (Linkerd's balancer).
+ */
+export function pickP2C (peers: readonly PeerState[], random: () => number = Math.random): PeerState | undefined {
+  if (peers.length <= 1) return peers[0]
+  const a = Math.floor(random() * peers.length)
+  let b = Math.floor(random() * (peers.length - 1))
+  if (b >= a) b++
+  const first = peers[a]
+  const second = peers[b]
+  return second.cost() < first.cost() ? second : first
+}

@@ -1,0 +1,129 @@
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import type { PeerId } from '@libp2p/interface'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { describe, expect, it } from 'vitest'
+import { DEFAULT_LATENCY_MS, pickP2C, ServicePeers } from '../../proxy/peer-cache.js'
+
+async function peerIds (n: number): Promise<PeerId[]> {
+  return await Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519'))))
+}
+
+/** A clock the test moves by hand. */
+function clock (): { now: () => number, advance: (ms: number) => void } {
+  let t = 1_000_000
+  return { now: () => t, advance: ms => { t += ms } }
+}
+
+const limits = { softRttMs: 100, hardRttMs: 300 }
+
+describe('peer cache levels', () => {
+  it('admits within the hard RTT only, at the fresh level within the soft RTT, else at removal', async () => {
+    const [a, b, c] = await peerIds(3)
+    const peers = new ServicePeers(limits, clock().now)
+    expect(peers.add(a, 5)?.level).toBe('fresh')
+    expect(peers.add(b, 150)?.level).toBe('removal')
+    expect(peers.add(c, 400)).toBeUndefined()
+    expect(peers.size).toBe(2)
+  })
+
+  it('raises a peer that keeps meeting the soft RTT, and drops it a level on one ping over it', async () => {
+    const [a] = await peerIds(1)
+    const peers = new ServicePeers(limits, clock().now)
+    peers.add(a, 10)
+    peers.observePing(a.toString(), 12)
+    expect(peers.get(a.toString())?.level).toBe('fresh')
+    peers.observePing(a.toString(), 9)
+    expect(peers.get(a.toString())?.level).toBe('reliable')
+    peers.observePing(a.toString(), 150)
+    expect(peers.get(a.toString())?.level).toBe('fresh')
+    peers.observePing(a.toString(), 150)
+    expect(peers.get(a.toString())?.level).toBe('removal')
+    peers.observePing(a.toString(), 20)
+    expect(peers.get(a.toString())?.level).toBe('fresh')
+  })
+
+  it('drops a peer at once when a ping is over the hard RTT or unanswered', async () => {
+    const [a, b] = await peerIds(2)
+    const peers = new ServicePeers(limits, clock().now)
+    peers.add(a, 10)
+    peers.add(b, 10)
+    expect(peers.observePing(a.toString(), 301)).toBe('dropped')
+    expect(peers.observePing(b.toString(), undefined)).toBe('dropped')
+    expect(peers.size).toBe(0)
+  })
+
+  it('smooths the RTT (EWMA) while judging each ping on its own', async () => {
+    const [a] = await peerIds(1)
+    const peers = new ServicePeers(limits, clock().now)
+    peers.add(a, 10)
+    peers.observePing(a.toString(), 110)
+    const peer = peers.get(a.toString())
+    expect(peer?.rttMs).toBeCloseTo(10 * 0.7 + 110 * 0.3)
+    expect(peer?.lastRttMs).toBe(110)
+  })
+
+  it('serves from the best level that has peers, without excluded ones', async () => {
+    const [a, b, c] = await peerIds(3)
+    const peers = new ServicePeers(limits, clock().now)
+    peers.add(a, 5)
+    peers.add(b, 50)
+    peers.add(c, 200)
+    for (let i = 0; i < 3; i++) peers.observePing(a.toString(), 5)
+    expect(peers.bestLevel().map(p => p.key)).toEqual([a.toString()])
+    expect(peers.bestLevel(new Set([a.toString()])).map(p => p.key)).toEqual([b.toString()])
+    expect(peers.bestLevel(new Set([a.toString(), b.toString()])).map(p => p.key)).toEqual([c.toString()])
+    expect(peers.countByLevel()).toEqual({ reliable: 1, fresh: 1, removal: 1 })
+  })
+})
+
+describe('peak EWMA and power of two choices', () => {
+  it('starts unknown peers at the default cost and takes a higher observation at once', async () => {
+    const [a] = await peerIds(1)
+    const t = clock()
+    const peer = new ServicePeers(limits, t.now).add(a, 5)
+    expect(peer?.latencyMs).toBe(DEFAULT_LATENCY_MS)
+    peer?.observeLatency(80, t.now())
+    expect(peer?.latencyMs).toBe(80)
+  })
+
+  it('decays lower observations in with a ~10 s time constant', async () => {
+    const [a] = await peerIds(1)
+    const t = clock()
+    const peer = new ServicePeers(limits, t.now).add(a, 5)
+    if (peer == null) throw new Error('not admitted')
+    peer.observeLatency(100, t.now())
+    t.advance(10_000)
+    peer.observeLatency(0, t.now())
+    // After one time constant, e^-1 of the old estimate is left.
+    expect(peer.latencyMs).toBeCloseTo(100 * Math.exp(-1), 5)
+    t.advance(100)
+    peer.observeLatency(0, t.now())
+    expect(peer.latencyMs).toBeCloseTo(100 * Math.exp(-1) * Math.exp(-0.01), 5)
+  })
+
+  it('weighs requests in flight into the cost', async () => {
+    const [a, b] = await peerIds(2)
+    const peers = new ServicePeers(limits, clock().now)
+    const pa = peers.add(a, 5)
+    const pb = peers.add(b, 5)
+    if (pa == null || pb == null) throw new Error('not admitted')
+    pa.inflight = 3
+    expect(pa.cost()).toBe(DEFAULT_LATENCY_MS * 4)
+    // Whichever pair is drawn, the idle one wins.
+    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([pa, pb], () => r)).toBe(pb)
+  })
+
+  it('spreads evenly over equal peers', async () => {
+    const ids = await peerIds(3)
+    const peers = new ServicePeers(limits, clock().now)
+    const states = ids.map(id => peers.add(id, 5)).filter(p => p != null)
+    let seed = 42
+    const random = (): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31 }
+    const counts = new Map<string, number>()
+    for (let i = 0; i < 3000; i++) {
+      const chosen = pickP2C(states, random)
+      if (chosen != null) counts.set(chosen.key, (counts.get(chosen.key) ?? 0) + 1)
+    }
+    for (const count of counts.values()) expect(Math.abs(count / 3000 - 1 / 3)).toBeLessThan(0.05)
+  })
+})
