@@ -3,6 +3,7 @@ import { availableParallelism, totalmem } from 'node:os'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
 import { Announcer } from '../shared/announcer.js'
 import { allocatorCid } from '../shared/cids.js'
+import { InstanceCounter, MinInstancesGuard } from '../shared/instance-count.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
@@ -47,6 +48,8 @@ const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
 export class Allocator {
   readonly metrics = new MetricsRegistry()
   private readonly supervisors = new Set<InstanceSupervisor>()
+  /** Holds culling back where a record's minInstances would be undercut mesh-wide. */
+  private readonly floor: MinInstancesGuard
   private announcer?: Announcer
   private pending = 0
   private stopping = false
@@ -61,6 +64,7 @@ export class Allocator {
 
   constructor (private readonly init: AllocatorInit) {
     this.capacity = init.capacity ?? { cpus: availableParallelism(), memoryMb: Math.floor(totalmem() / 1024 / 1024 * 0.9) }
+    this.floor = new MinInstancesGuard({ counter: new InstanceCounter({ node: init.node, log: init.log }), log: init.log })
     const registers = [this.metrics]
     collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_allocator_' })
     this.counters = {
@@ -86,6 +90,7 @@ export class Allocator {
   async start (): Promise<void> {
     const { node, runtime, log } = this.init
     const removed = await runtime.removeOrphans(node.peerId.toString())
+    this.floor.start()
     if (removed > 0) log.info({ removed }, 'removed instances left by an earlier run')
     await node.handle(ALLOC_PROTOCOL, stream => {
       void serveAllocStream(stream, async (service, signal) => await this.allocate(service, signal), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
@@ -99,6 +104,7 @@ export class Allocator {
 
   async stop (): Promise<void> {
     this.stopping = true
+    this.floor.stop()
     await this.announcer?.withdraw()
     await this.init.node.unhandle(ALLOC_PROTOCOL).catch(() => {})
     await Promise.all([...this.supervisors].map(async s => { await s.stop() }))
@@ -126,23 +132,33 @@ export class Allocator {
         supervisor = new InstanceSupervisor({
           runtime: this.init.runtime,
           spec: { instanceId: `${service}-${randomBytes(4).toString('hex')}`, record, hostPort: await freeLocalPort(), allocatorPeerId: this.init.node.peerId.toString() },
-          startSidecar: async (app, options) => await this.init.sidecars.start(service, app, signal != null ? AbortSignal.any([signal, options.signal]) : options.signal),
+          startSidecar: async (app, options) => {
+            const sidecar = await this.init.sidecars.start(service, app, signal != null ? AbortSignal.any([signal, options.signal]) : options.signal)
+            // The supervisor stops the sidecar first when it ends the instance: from then on
+            // it must not count toward the service's minInstances.
+            return { ...sidecar, stop: async () => { if (supervisor != null) this.floor.leaving(supervisor); await sidecar.stop() } }
+          },
           log: this.init.log.child({ service }),
           healthIntervalMs: this.init.healthIntervalMs,
           unhealthyAfter: this.init.unhealthyAfter,
           healthyAfter: this.init.healthyAfter,
           idleTimeoutS: this.init.idleTimeoutS,
           startTimeoutMs: this.init.startTimeoutMs,
+          cullable: () => supervisor == null || this.floor.cullable(supervisor),
           onEvent: event => { this.onEvent(service, event, supervisor) }
         })
         this.supervisors.add(supervisor)
+        this.floor.add(supervisor, record)
         const instance = await supervisor.start()
         this.counters.starts.inc({ service })
         this.counters.latency.observe({ service }, (performance.now() - started) / 1000)
         this.init.log.info({ service, peer: instance.peerId, ms: Math.round(performance.now() - started) }, 'instance allocated')
         return instance
       } catch (err) {
-        if (supervisor != null) this.supervisors.delete(supervisor)
+        if (supervisor != null) {
+          this.supervisors.delete(supervisor)
+          this.floor.remove(supervisor)
+        }
         throw err
       } finally {
         this.pending--
@@ -158,7 +174,10 @@ export class Allocator {
   private onEvent (service: string, event: SupervisorEvent, supervisor: InstanceSupervisor | undefined): void {
     if (event === 'relaunched') this.counters.relaunches.inc({ service })
     if (event === 'culled') this.counters.culls.inc({ service })
-    if ((event === 'culled' || event === 'stopped' || event === 'failed') && supervisor != null) this.supervisors.delete(supervisor)
+    if ((event === 'culled' || event === 'stopped' || event === 'failed') && supervisor != null) {
+      this.supervisors.delete(supervisor)
+      this.floor.remove(supervisor)
+    }
   }
 
   private checkCapacity (record: ServiceRecord): void {

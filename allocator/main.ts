@@ -21,6 +21,8 @@ Options:
   --unhealthy-after N     failed checks in a row before a relaunch (default 3)
   --healthy-after N       passing checks before a relaunched instance counts as healthy (default 2)
   --start-timeout MS      time for an instance to become healthy (default 30000)
+  --scale-window SECONDS  the window each instance's proxy measures its request rate over, for
+                          autoscaling (default 120)
   --sidecar KIND          where each instance's server proxy runs: in-process (default: a libp2p
                           node of its own inside the allocator) or process (a hyphae-proxy each)
   --configfile PATH       config file (default: conf/conf.json of the package)
@@ -49,6 +51,7 @@ runDaemon('hyphae-allocator', async () => {
     'unhealthy-after': { type: 'string' },
     'healthy-after': { type: 'string' },
     'start-timeout': { type: 'string' },
+    'scale-window': { type: 'string' },
     sidecar: { type: 'string' }
   })
   if (values.help === true) {
@@ -61,6 +64,7 @@ runDaemon('hyphae-allocator', async () => {
   const sidecarKind = values.sidecar ?? 'in-process'
   if (sidecarKind !== 'in-process' && sidecarKind !== 'process') throw new UsageError(`invalid --sidecar '${sidecarKind}': expected in-process or process`)
   const metricsPort = parsePort(values.metrics, '--metrics', 9101)
+  const scaleWindowMs = positiveInt(values['scale-window'], '--scale-window', 120) * 1000
   const settings = {
     maxInstances: positiveInt(values['max-instances'], '--max-instances', 16),
     idleTimeoutS: positiveInt(values['idle-timeout'], '--idle-timeout', 60),
@@ -83,8 +87,8 @@ runDaemon('hyphae-allocator', async () => {
     const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
     const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
     const sidecars = sidecarKind === 'process'
-      ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs })
-      : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs })
+      ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
+      : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
     allocator = new Allocator({ node, registry: base.registry, runtime, sidecars, log, ...settings })
     await allocator.start()
     const current = allocator

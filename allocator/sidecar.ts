@@ -22,6 +22,8 @@ export interface ProcessSidecarsInit {
   pskFile?: string
   logLevel?: string
   healthIntervalMs?: number
+  /** The autoscaling window of each sidecar (`--scale-window`). */
+  scaleWindowMs?: number
   readyTimeoutMs?: number
 }
 
@@ -51,6 +53,7 @@ export class ProcessSidecars {
       ...sidecarListen(init.listen).flatMap(ma => ['--listen', ma]),
       '--metrics', '0',
       '--health-interval', String(init.healthIntervalMs ?? 1000),
+      ...(init.scaleWindowMs != null ? ['--scale-window', String(Math.ceil(init.scaleWindowMs / 1000))] : []),
       '--log-level', init.logLevel ?? 'info',
       '0', service, `${app.host}:${app.port}`
     ]
@@ -109,6 +112,8 @@ export interface InProcessSidecarsInit {
   /** The record each instance serves, as the allocator resolved and validated it. */
   records: RecordSource
   healthIntervalMs?: number
+  /** The autoscaling window of each sidecar. */
+  scaleWindowMs?: number
 }
 
 /**
@@ -143,7 +148,7 @@ export class InProcessSidecars {
         config: init.config,
         log: init.log.child({ sidecar: node.peerId.toString() }),
         port: 0,
-        server: { service, app, healthIntervalMs: init.healthIntervalMs },
+        server: { service, app, healthIntervalMs: init.healthIntervalMs, scaleWindowMs: init.scaleWindowMs },
         metricsPort: 0
       })
       await proxy.start()

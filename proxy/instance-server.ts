@@ -26,6 +26,7 @@ export class InstanceServer {
   private readonly appAgent = new Agent({ keepAlive: true, maxSockets: 256, maxFreeSockets: 64, scheduling: 'lifo' })
   private readonly sockets = new Set<StreamSocket>()
   private inFlight = 0
+  private draining = false
   private idleWaiters: Array<() => void> = []
 
   constructor (private readonly init: InstanceServerInit) {
@@ -48,8 +49,13 @@ export class InstanceServer {
     await this.init.node.handle(HTTP_PROTOCOL, this.onStream, { maxInboundStreams: MAX_HTTP_STREAMS, maxOutboundStreams: MAX_HTTP_STREAMS })
   }
 
-  /** Stops taking streams, waits up to `drainMs` for requests in flight, then closes the rest. */
+  /**
+   * Drains: takes no new streams, answers what is in flight (each answer asks the client to
+   * close its stream, so pooled streams are not reused), then ends every stream cleanly so
+   * the last bytes are flushed, and only then resets what is left.
+   */
   async stop (drainMs = 10_000): Promise<void> {
+    this.draining = true
     await this.init.node.unhandle(HTTP_PROTOCOL)
     if (this.inFlight > 0) {
       await new Promise<void>(resolve => {
@@ -57,9 +63,16 @@ export class InstanceServer {
         this.idleWaiters.push(() => { clearTimeout(timer); resolve() })
       })
     }
-    for (const socket of this.sockets) socket.destroy()
-    this.appAgent.destroy()
     this.server.close()
+    const closing = [...this.sockets].map(async socket => {
+      socket.end()
+      await new Promise<void>(resolve => {
+        const timer = setTimeout(() => { socket.destroy(); resolve() }, 1000)
+        socket.once('close', () => { clearTimeout(timer); resolve() })
+      })
+    })
+    await Promise.all(closing)
+    this.appAgent.destroy()
   }
 
   private readonly onStream = (stream: Stream, connection: Connection): void => {
@@ -71,6 +84,8 @@ export class InstanceServer {
 
   private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     this.inFlight++
+    // Draining: this answer is the stream's last, so the client opens a new one elsewhere.
+    if (this.draining) res.shouldKeepAlive = false
     this.init.onRequest?.('start')
     relay(req, res, {
       agent: this.appAgent,

@@ -20,6 +20,8 @@ Options:
   --registry-ttl SECONDS  how long a registry record is cached (default 60)
   --response-timeout MS   time allowed for an instance to answer (default 30000)
   --health-interval MS    server mode: how often the app's health path is checked (default 1000)
+  --scale-window SECONDS  server mode: the window the request rate is measured over for
+                          autoscaling (default 120; autoscaling needs a targetRps)
   --stream-per-request    open one libp2p stream per request instead of reusing pooled streams
   --cold-start-timeout MS how long requests wait for an instance to be started (default 30000)
   --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
@@ -37,6 +39,7 @@ runDaemon('hyphae-proxy', async () => {
     'registry-ttl': { type: 'string' },
     'response-timeout': { type: 'string' },
     'health-interval': { type: 'string' },
+    'scale-window': { type: 'string' },
     'stream-per-request': { type: 'boolean' },
     'cold-start-timeout': { type: 'string' }
   })
@@ -51,6 +54,7 @@ runDaemon('hyphae-proxy', async () => {
   const registryTtlMs = parsePositiveInt(values['registry-ttl'], '--registry-ttl', 60) * 1000
   const responseTimeoutMs = parsePositiveInt(values['response-timeout'], '--response-timeout', 30_000)
   const healthIntervalMs = parsePositiveInt(values['health-interval'], '--health-interval', 1000)
+  const scaleWindowMs = parsePositiveInt(values['scale-window'], '--scale-window', 120) * 1000
 
   const base = await startMeshBase({ name: 'hyphae-proxy', options: values, registryTtlMs })
   const proxy = new Proxy({
@@ -59,7 +63,7 @@ runDaemon('hyphae-proxy', async () => {
     config: base.config,
     log: base.log,
     port,
-    server: server != null ? { ...server, healthIntervalMs } : undefined,
+    server: server != null ? { ...server, healthIntervalMs, scaleWindowMs } : undefined,
     metricsPort,
     responseTimeoutMs,
     streamPerRequest: values['stream-per-request'] === true,

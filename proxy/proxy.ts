@@ -3,9 +3,11 @@ import { serviceCid } from '../shared/cids.js'
 import type { MeshConfig } from '../shared/config.js'
 import type { Logger } from '../shared/log.js'
 import { MetricsServer } from '../shared/metrics-server.js'
+import { InstanceCounter } from '../shared/instance-count.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { Advertiser } from './advertiser.js'
+import { Autoscaler } from './autoscaler.js'
 import { Allocations } from './allocations.js'
 import { Ingress, type RecordSource } from './ingress.js'
 import { InstanceServer } from './instance-server.js'
@@ -19,6 +21,8 @@ export interface ServerModeInit {
   service: string
   app: { host: string, port: number }
   healthIntervalMs?: number
+  /** The sliding window the autoscaler measures the request rate over. Default 120 s. */
+  scaleWindowMs?: number
 }
 
 export interface ProxyInit {
@@ -52,6 +56,7 @@ export class Proxy {
   private readonly router: Router
   private instance?: InstanceServer
   private advertiser?: Advertiser
+  private autoscaler?: Autoscaler
   private metricsServer?: MetricsServer
   private lastServicedAt = Date.now()
   private ports: { http: number, metrics?: number } = { http: 0 }
@@ -155,6 +160,7 @@ export class Proxy {
    * in flight, then closes everything.
    */
   async stop (): Promise<void> {
+    await this.autoscaler?.stop()
     await this.advertiser?.stop()
     await this.ingress.stop()
     await this.instance?.stop(this.init.drainMs)
@@ -181,6 +187,7 @@ export class Proxy {
       onRequest: (event, status) => {
         if (event === 'start') {
           inFlight.inc()
+          this.autoscaler?.recordRequest()
           return
         }
         inFlight.dec()
@@ -199,5 +206,21 @@ export class Proxy {
       healthIntervalMs: server.healthIntervalMs
     })
     this.advertiser.start()
+    // Autoscaling is opt-in: the record's targetRps, else the config's Perf.TargetRps.
+    const targetRps = record.targetRps ?? init.config.targetRps
+    if (targetRps != null) {
+      this.autoscaler = new Autoscaler({
+        node: init.node,
+        record,
+        finder: new PeerFinder({ node: init.node, log: init.log }),
+        instances: new InstanceCounter({ node: init.node, log: init.log }),
+        log: init.log,
+        targetRps,
+        hardRttMs: record.hardRttMs ?? init.config.hardRttMs,
+        windowMs: server.scaleWindowMs,
+        metrics: this.metrics
+      })
+      this.autoscaler.start()
+    }
   }
 }

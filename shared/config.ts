@@ -14,7 +14,9 @@ const rttSchema = z.strictObject({ RTT: z.number().int().min(0).max(60_000) })
 
 /** conf/conf.json. Unknown fields are errors: a typo must not silently fall back to a default. */
 export const configFileSchema = z.strictObject({
-  Perf: z.strictObject({ SoftReq: rttSchema, HardReq: rttSchema }).default({ SoftReq: { RTT: 100 }, HardReq: { RTT: 1000 } }),
+  // TargetRps: the default per-instance request rate above which services scale out; absent,
+  // only services whose record sets targetRps autoscale.
+  Perf: z.strictObject({ SoftReq: rttSchema, HardReq: rttSchema, TargetRps: z.number().positive().optional() }).default({ SoftReq: { RTT: 100 }, HardReq: { RTT: 1000 } }),
   Bootstraps: z.array(z.string()).default([]),
   Services: z.record(serviceNameSchema, z.unknown()).default({}),
   RegistryKeys: z.array(z.string().min(1)).default([])
@@ -23,6 +25,8 @@ export const configFileSchema = z.strictObject({
 export interface MeshConfig {
   softRttMs: number
   hardRttMs: number
+  /** Perf.TargetRps: the autoscaling target for records that name none; absent: no default. */
+  targetRps?: number
   bootstraps: Multiaddr[]
   /** Where the bootstraps came from, for the start-up log. */
   bootstrapSource: 'command line' | 'config file' | 'environment' | 'none'
@@ -150,6 +154,7 @@ export function loadMeshConfig (options: CommonOptions, env: NodeJS.ProcessEnv =
     services,
     registryKeys: file.RegistryKeys
   }
+  if (file.Perf.TargetRps != null) config.targetRps = file.Perf.TargetRps
   if (options.psk != null) config.pskFile = options.psk
   else if (env.P2P_PSK != null && env.P2P_PSK !== '') {
     // P2P_PSK holds either the key itself or the path of a key file.

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto'
-import { request, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http'
+import { Agent, request, type IncomingHttpHeaders, type OutgoingHttpHeaders } from 'node:http'
 import { Readable } from 'node:stream'
 
 export interface HttpResult {
@@ -69,4 +69,51 @@ export async function sha256OfStream (stream: Readable): Promise<{ sha256: strin
     bytes += (chunk as Buffer).length
   }
   return { sha256: hash.digest('hex'), bytes }
+}
+
+export interface LoadResult {
+  statuses: Map<number, number>
+  /** Bodies of 200 answers, counted (e.g. which instance answered). */
+  bodies: Map<string, number>
+  /** Requests that got no HTTP answer at all. */
+  errors: string[]
+  sent: number
+}
+
+/**
+ * A bounded load: `concurrency` workers send GETs with keep-alive until `total` requests were
+ * sent or `stop()` is called, whichever first. Never unbounded, never off 127.0.0.1.
+ */
+export function startLoad (url: string, opts: { concurrency: number, total: number, method?: string }): { done: Promise<LoadResult>, stop: () => void, result: LoadResult } {
+  const agent = new Agent({ keepAlive: true, maxSockets: opts.concurrency })
+  const result: LoadResult = { statuses: new Map(), bodies: new Map(), errors: [], sent: 0 }
+  let stopped = false
+  const worker = async (): Promise<void> => {
+    while (!stopped && result.sent < opts.total) {
+      result.sent++
+      try {
+        const answer = await new Promise<{ status: number, body: string }>((resolve, reject) => {
+          const req = request(url, { agent, method: opts.method ?? 'GET', timeout: 10_000 }, res => {
+            let body = ''
+            res.setEncoding('utf8')
+            res.on('data', (chunk: string) => { body += chunk })
+            res.on('end', () => { resolve({ status: res.statusCode ?? 0, body }) })
+            res.on('error', reject)
+          })
+          req.on('timeout', () => req.destroy(new Error('timed out')))
+          req.on('error', reject)
+          req.end()
+        })
+        result.statuses.set(answer.status, (result.statuses.get(answer.status) ?? 0) + 1)
+        if (answer.status === 200) result.bodies.set(answer.body, (result.bodies.get(answer.body) ?? 0) + 1)
+      } catch (err) {
+        result.errors.push((err as Error).message)
+      }
+    }
+  }
+  const done = Promise.all(Array.from({ length: opts.concurrency }, worker)).then(() => {
+    agent.destroy()
+    return result
+  })
+  return { done, stop: () => { stopped = true }, result }
 }
