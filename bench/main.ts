@@ -13,7 +13,7 @@ import { REPO_ROOT, RESULTS_DIR } from './lib/paths.js'
 import { ProcessSet } from './lib/procs.js'
 import { gitInfo, machineInfo, previousResults, writeResults, type RunResults } from './lib/results.js'
 import { formatTable, naRow, type Row } from './lib/table.js'
-import { runProfile } from './profile.js'
+import { PROFILE_LOADS, runProfile, type ProfileLoad } from './profile.js'
 import { coldStart } from './suites/cold-start.js'
 import { dhtScale } from './suites/dht-scale.js'
 import { footprint } from './suites/footprint.js'
@@ -24,15 +24,17 @@ import { streaming } from './suites/streaming.js'
 const SUITES: Suite[] = [requestPath, streaming, coldStart, dhtScale, footprint, routing]
 
 const USAGE = `usage: npm run bench -- [--quick] [--only SUITE,SUITE] [--out DIR]
-       npm run bench -- --profile DIR [--seconds N]
+       npm run bench -- --profile DIR [--load rps|download|upload] [--seconds N]
 
   --quick          shorter runs and smaller transfers (the whole run under 3 minutes)
   --only LIST      run only these suites (comma separated)
   --out DIR        where results/<date>.json go (default bench/results)
-  --profile DIR    instead of the suites: run the mesh throughput load with the client and
-                   server proxies under node --cpu-prof, write the .cpuprofile files to DIR
-                   and print where the time goes (self time by function and by module)
-  --seconds N      length of the profiled load (default 15)
+  --profile DIR    instead of the suites: run a mesh load with the client and server
+                   proxies under node --cpu-prof, write the .cpuprofile files to DIR and
+                   print where the time goes (self time by function and by module)
+  --load KIND      the profiled load: rps (wrk, 32 connections, tiny GETs; default),
+                   download or upload (one 1 GB transfer)
+  --seconds N      length of the rps load (default 15)
   -h, --help       this text
 
 suites:
@@ -54,6 +56,7 @@ async function main (): Promise<number> {
         out: { type: 'string' },
         profile: { type: 'string' },
         seconds: { type: 'string' },
+        load: { type: 'string', default: 'rps' },
         help: { type: 'boolean', short: 'h', default: false }
       },
       strict: true,
@@ -100,7 +103,9 @@ async function main (): Promise<number> {
     const seconds = values.seconds != null ? Number(values.seconds) : 15
     if (!Number.isInteger(seconds) || seconds <= 0 || seconds > 600) fail(`invalid --seconds '${values.seconds}'`)
     try {
-      process.stdout.write(await runProfile({ procs, tmp, log, dir: resolve(values.profile), seconds }) + '\n')
+      const load = values.load as ProfileLoad
+      if (!PROFILE_LOADS.includes(load)) fail(`invalid --load '${values.load}': expected ${PROFILE_LOADS.join(', ')}`)
+      process.stdout.write(await runProfile({ procs, tmp, log, dir: resolve(values.profile), seconds, load }) + '\n')
       return 0
     } finally {
       await procs.stopAll()

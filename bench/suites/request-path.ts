@@ -87,7 +87,8 @@ function pathRows (key: string, label: string, r: PathResult | undefined, why: s
       naRow(`request.p50.${key}`, suite, `p50 @${RATE} req/s · ${label}`, 'ms', why),
       naRow(`request.p99.${key}`, suite, `p99 @${RATE} req/s · ${label}`, 'ms', why),
       naRow(`request.p999.${key}`, suite, `p99.9 @${RATE} req/s · ${label}`, 'ms', why),
-      ...[...roles, 'total'].map(role => naRow(`request.cpu.${key}.${role}`, suite, `CPU per 10k req · ${label} · ${role}`, 's', why))
+      ...[...roles, 'total'].map(role => naRow(`request.cpu.${key}.${role}`, suite, `CPU per 10k req · ${label} · ${role}`, 's', why)),
+      naRow(`request.cpu200.${key}.total`, suite, `CPU per 10k req @${RATE} req/s · ${label} · total`, 's', why)
     ]
   }
   return [
@@ -97,7 +98,8 @@ function pathRows (key: string, label: string, r: PathResult | undefined, why: s
     { id: `request.p999.${key}`, suite, metric: `p99.9 @${RATE} req/s · ${label}`, value: round(r.latency.p999Ms), unit: 'ms', better: 'lower' },
     ...Object.entries(r.cpuPer10kLoaded).map(([role, value]): Row => ({
       id: `request.cpu.${key}.${role}`, suite, metric: `CPU per 10k req · ${label} · ${role}`, value, unit: 's', better: 'lower', digits: 3
-    }))
+    })),
+    { id: `request.cpu200.${key}.total`, suite, metric: `CPU per 10k req @${RATE} req/s · ${label} · total`, value: r.cpuPer10kAt200.total, unit: 's', better: 'lower', digits: 3 }
   ]
 }
 

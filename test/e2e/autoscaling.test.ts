@@ -90,13 +90,21 @@ describe('autoscaling (process runtime)', () => {
     // Bounded: 20 req/s, 300 requests (15 s) at most; it ends a few seconds after the second
     // instance starts, so that the new instance has time to be found by the client.
     let scaledAt: number | undefined
-    const load = paced(url, 20, 300, () => scaledAt != null && performance.now() - scaledAt > 3000)
-    await eventually(async () => await starts() >= 1 ? true : undefined, 20_000, 'the first instance (cold start)')
-    timings.push(`first instance started: ${since()}`)
-    await eventually(async () => await starts() >= 2 ? true : undefined, 20_000, 'a second instance started by the autoscaler')
-    scaledAt = performance.now()
-    timings.push(`second instance started: ${since()}`)
-    const peak = await instances()
+    let abandoned = false
+    const load = paced(url, 20, 300, () => abandoned || (scaledAt != null && performance.now() - scaledAt > 3000))
+    let peak: number
+    try {
+      await eventually(async () => await starts() >= 1 ? true : undefined, 20_000, 'the first instance (cold start)')
+      timings.push(`first instance started: ${since()}`)
+      await eventually(async () => await starts() >= 2 ? true : undefined, 20_000, 'a second instance started by the autoscaler')
+      scaledAt = performance.now()
+      timings.push(`second instance started: ${since()}`)
+      peak = await instances()
+    } catch (err) {
+      abandoned = true
+      await load
+      throw err
+    }
 
     const result = await load
     const loadEnded = performance.now()

@@ -1,0 +1,70 @@
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
+import { http, startLoad } from '../helpers/http.js'
+import { LatencyRelay } from '../helpers/latency-relay.js'
+import { eventually, freePort, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+
+/**
+ * Soft and hard RTT limits with instances behind chunk-delaying relays (every connection to
+ * an instance goes through its relay: it announces only the relay's address, and the client
+ * starts last so that it dials every instance itself).
+ */
+describe('routing by RTT limits (soft 100 ms, hard 300 ms)', () => {
+  let config: TestConfig
+  let bootstrap: Daemon
+  let client: Daemon
+  let base: string
+  const relays = new Map<string, LatencyRelay>()
+
+  async function startDelayedInstance (name: string, oneWayDelayMs: number): Promise<void> {
+    const app = await startHelloApp(name)
+    const listenPort = await freePort()
+    const relay = new LatencyRelay({ target: { host: '127.0.0.1', port: listenPort }, oneWayDelayMs })
+    const relayPort = await relay.start()
+    await startServerProxy(config, bootstrap, 'hello', app.port, ['--listen', `/ip4/127.0.0.1/tcp/${listenPort}`, '--announce', `/ip4/127.0.0.1/tcp/${relayPort}`])
+    relays.set(name, relay)
+  }
+
+  beforeAll(async () => {
+    config = await writeTestConfig({ hello: { command: 'node hello.js', health: '/healthz', softRttMs: 100, hardRttMs: 300 } })
+    bootstrap = await startClientProxy(config, undefined)
+    await startDelayedInstance('i5', 2.5)
+    await startDelayedInstance('i50', 25)
+    await startDelayedInstance('i400', 200)
+    client = await startClientProxy(config, bootstrap, ['--metrics', '0'])
+    base = client.ready.http as string
+  })
+
+  afterAll(async () => {
+    await stopAllDaemons()
+    await Promise.all([...relays.values()].map(async r => { await r.stop() }))
+    await config?.cleanup()
+  })
+
+  it('never sends a request to the instance over the hard RTT', async () => {
+    const result = await startLoad(`${base}/hello/`, { concurrency: 4, total: 300 }).done
+    expect(result.errors).toEqual([])
+    expect(result.statuses.get(200)).toBe(300)
+    expect(result.bodies.get('hello from i400\n') ?? 0).toBe(0)
+    expect((result.bodies.get('hello from i5\n') ?? 0) + (result.bodies.get('hello from i50\n') ?? 0)).toBe(300)
+    const peers = JSON.parse((await http(`http://127.0.0.1:${client.ready.metrics as number}/peers`)).body.toString()) as Array<{ peers: Array<{ lastRttMs: number }> }>
+    expect(peers[0].peers.every(p => p.lastRttMs <= 300)).toBe(true)
+  })
+
+  it('moves traffic off an instance whose RTT goes past the hard limit within 3 s', async () => {
+    // Make sure i5 is in use first.
+    await eventually(async () => (await http(`${base}/hello/`)).body.toString() === 'hello from i5\n' ? true : undefined, 10_000, 'i5 serving')
+    const changedAt = performance.now()
+    relays.get('i5')?.setDelay(200)
+    let lastServedByI5 = changedAt
+    const deadline = changedAt + 6000
+    while (performance.now() < deadline) {
+      const answer = await http(`${base}/hello/`)
+      expect(answer.status).toBe(200)
+      if (answer.body.toString() === 'hello from i5\n') lastServedByI5 = performance.now()
+    }
+    const movedAfterMs = lastServedByI5 - changedAt
+    console.log(`traffic moved off an instance past its hard RTT after ${movedAfterMs.toFixed(0)} ms`)
+    expect(movedAfterMs).toBeLessThan(3000)
+  })
+})
