@@ -138,7 +138,7 @@ export class Allocator {
             // it must not count toward the service's minInstances.
             return { ...sidecar, stop: async () => { if (supervisor != null) this.floor.leaving(supervisor); await sidecar.stop() } }
           },
-          log: this.init.log.child({ service }),
+          log: this.init.log,
           healthIntervalMs: this.init.healthIntervalMs,
           unhealthyAfter: this.init.unhealthyAfter,
           healthyAfter: this.init.healthyAfter,

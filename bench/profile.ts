@@ -33,7 +33,7 @@ export async function runProfile (opts: ProfileOptions): Promise<string> {
   mkdirSync(serverDir, { recursive: true })
   const before = new Set([...readdirSync(clientDir).map(f => join(clientDir, f)), ...readdirSync(serverDir).map(f => join(serverDir, f))])
   let mesh: Mesh | undefined
-  let result = 'the load did not finish'
+  let result: string | undefined
   try {
     opts.log('profile: starting the mesh with the proxies under --cpu-prof')
     mesh = await startMesh({
@@ -57,7 +57,7 @@ export async function runProfile (opts: ProfileOptions): Promise<string> {
   } finally {
     await mesh?.stop()
   }
-  const out = [result, '']
+  const out = [result ?? 'the load did not finish', '']
   for (const [title, dir] of [['client proxy', clientDir], ['server proxy', serverDir]]) {
     const files = readdirSync(dir).map(f => join(dir, f)).filter(f => f.endsWith('.cpuprofile') && !before.has(f))
     if (files.length === 0) {

@@ -93,7 +93,7 @@ describe('MinInstancesGuard', () => {
 describe('InstanceCounter', () => {
   const nodes: MeshNode[] = []
   afterAll(async () => {
-    await Promise.all(nodes.map(async n => { await n.stop().catch(() => {}) }))
+    await Promise.all(nodes.map(async n => { try { await n.stop() } catch { /* stopped already */ } }))
   })
 
   it('counts the distinct live providers of a service, not the stale records of gone ones', async () => {

@@ -21,3 +21,31 @@ describe('mesh node', () => {
     expect(nodes[0].getProtocols()).toContain('/hyphae/kad/1.0.0')
   })
 })
+
+describe('private networks', () => {
+  const nodes: MeshNode[] = []
+  afterEach(async () => { await Promise.all(nodes.splice(0).map(async n => await n.stop())) })
+
+  const swarmKey = (hex: string): Uint8Array => new TextEncoder().encode(`/key/swarm/psk/1.0.0/\n/base16/\n${hex}\n`)
+
+  it('connects nodes that share the PSK and refuses one without it', async () => {
+    const psk = swarmKey('ab'.repeat(32))
+    const a = await startTestNode({ psk })
+    const b = await startTestNode({ psk })
+    const outsider = await startTestNode()
+    const otherKey = await startTestNode({ psk: swarmKey('cd'.repeat(32)) })
+    nodes.push(a, b, outsider, otherKey)
+    await b.dial(a.getMultiaddrs()[0], { signal: AbortSignal.timeout(5000) })
+    expect(b.getConnections(a.peerId)).toHaveLength(1)
+    await expect(outsider.dial(a.getMultiaddrs()[0], { signal: AbortSignal.timeout(3000) })).rejects.toThrow()
+    await expect(otherKey.dial(a.getMultiaddrs()[0], { signal: AbortSignal.timeout(3000) })).rejects.toThrow()
+  })
+
+  it('reads a swarm key file and refuses anything else with a clear error', async () => {
+    const { readPsk } = await import('../../shared/node.js')
+    const good = `/key/swarm/psk/1.0.0/\n/base16/\n${'0f'.repeat(32)}\n`
+    expect(await readPsk(undefined, good)).toEqual(new TextEncoder().encode(good))
+    await expect(readPsk(undefined, 'not a key')).rejects.toThrow(/not a swarm key/)
+    await expect(readPsk('/nonexistent/psk')).rejects.toThrow(/cannot read PSK file/)
+  })
+})
