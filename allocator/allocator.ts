@@ -50,6 +50,7 @@ export class Allocator {
   private readonly supervisors = new Set<InstanceSupervisor>()
   /** Holds culling back where a record's minInstances would be undercut mesh-wide. */
   private readonly floor: MinInstancesGuard
+  private readonly instanceCounter: InstanceCounter
   private announcer?: Announcer
   private pending = 0
   private stopping = false
@@ -64,7 +65,8 @@ export class Allocator {
 
   constructor (private readonly init: AllocatorInit) {
     this.capacity = init.capacity ?? { cpus: availableParallelism(), memoryMb: Math.floor(totalmem() / 1024 / 1024 * 0.9) }
-    this.floor = new MinInstancesGuard({ counter: new InstanceCounter({ node: init.node, log: init.log }), log: init.log })
+    this.instanceCounter = new InstanceCounter({ node: init.node, log: init.log })
+    this.floor = new MinInstancesGuard({ counter: this.instanceCounter, log: init.log })
     const registers = [this.metrics]
     collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_allocator_' })
     this.counters = {
@@ -126,6 +128,11 @@ export class Allocator {
       if (record.image != null && this.init.runtime.kind !== 'docker') throw new AllocationError('runtime_unavailable', `'${service}' runs a Docker image and this allocator runs the ${this.init.runtime.kind} runtime`)
       if (record.command != null && this.init.runtime.kind !== 'process') throw new AllocationError('runtime_unavailable', `'${service}' runs a command and this allocator runs the ${this.init.runtime.kind} runtime`)
       this.checkCapacity(record)
+      if (record.maxInstances != null) {
+        // Mesh-wide, as far as the DHT shows: live providers of the service.
+        const running = await this.instanceCounter.count(record, signal, 0)
+        if (running >= record.maxInstances) throw new AllocationError('capacity', `'${service}' already runs its maxInstances of ${record.maxInstances} in the mesh`)
+      }
       this.pending++
       let supervisor: InstanceSupervisor | undefined
       try {

@@ -61,7 +61,8 @@ export class Router {
 
   constructor (private readonly init: RouterInit) {
     this.pingIntervalMs = init.pingIntervalMs ?? 1000
-    this.rediscoverMs = init.rediscoverMs ?? 30_000
+    // Often enough that a scaled-up instance takes load well before an idle timeout culls it.
+    this.rediscoverMs = init.rediscoverMs ?? 5_000
     this.idleServiceMs = init.idleServiceMs ?? 5 * 60_000
     this.now = init.now ?? Date.now
     this.random = init.random ?? Math.random

@@ -36,6 +36,11 @@ export function rssBytes (pid: number): number {
   return statusKb(pid, 'VmRSS') * 1024
 }
 
+/** RSS split: anonymous (heaps, JIT code, buffers) and file-backed (the node binary, libraries), bytes. */
+export function rssSplit (pid: number): { anon: number, file: number } {
+  return { anon: statusKb(pid, 'RssAnon') * 1024, file: statusKb(pid, 'RssFile') * 1024 }
+}
+
 /** Peak resident set size since start or the last resetPeakRss, bytes. */
 export function peakRssBytes (pid: number): number {
   return statusKb(pid, 'VmHWM') * 1024

@@ -48,9 +48,11 @@ function pad (text: string, width: number, right = false): string {
  * multiple of the target ("vs tgt": ≥ targets pass at ≥ 1.00x, ≤ targets at ≤ 1.00x).
  */
 export function formatTable (rows: Row[], opts: TableOptions = {}): string {
-  const header = ['suite', 'metric', 'value', 'unit', 'prev', 'change', 'target', 'vs tgt']
+  const header = ['suite', 'metric', 'value', 'unit', 'prev', 'change', 'target', 'vs tgt', 'note']
   const body = rows.map(row => {
-    const value = row.value == null ? (row.na ?? 'n/a') : formatValue(row.value, row.digits)
+    const value = row.value == null ? 'n/a' : formatValue(row.value, row.digits)
+    // Why a figure is missing, in the last column so that the numbers stay aligned.
+    const note = row.value == null ? (row.na ?? '').replace(/^n\/a\s*/, '').replace(/^\((.*)\)$/, '$1') : ''
     const prev = opts.previous?.get(row.id)
     const prevText = prev == null ? '-' : formatValue(prev, row.digits)
     let change = '-'
@@ -69,7 +71,7 @@ export function formatTable (rows: Row[], opts: TableOptions = {}): string {
         versus = `${ratio.toFixed(2)}x ${ok ? 'ok' : 'MISS'}`
       }
     }
-    return [row.suite, row.metric, value, row.unit, prevText, change, target, versus]
+    return [row.suite, row.metric, value, row.unit, prevText, change, target, versus, note]
   })
   const rightAligned = new Set([2, 4, 5, 6, 7])
   const widths = header.map((h, i) => Math.max(h.length, ...body.map(cells => cells[i].length)))

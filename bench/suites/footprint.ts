@@ -1,7 +1,7 @@
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { SERVICE, startProxy, startTinyApp, writeBenchConfig, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, REPO_ROOT } from '../lib/paths.js'
-import { rssBytes } from '../lib/proc-stats.js'
+import { rssBytes, rssSplit } from '../lib/proc-stats.js'
 import type { Child } from '../lib/procs.js'
 import { MB, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
@@ -17,6 +17,7 @@ export const footprint: Suite = {
     const waitS = ctx.quick ? 10 : 30
     const started: Array<Child<unknown>> = []
     const rss: Record<string, number> = {}
+    const split: Record<string, { anonMb: number, fileMb: number }> = {}
     let allocatorWhy = 'n/a (allocator not built yet)'
     try {
       const configFile = writeBenchConfig(ctx.tmp)
@@ -51,8 +52,11 @@ export const footprint: Suite = {
       }
       ctx.log(`footprint: idle for ${waitS} s`)
       await new Promise(resolve => setTimeout(resolve, waitS * 1000))
-      for (const [role, pid] of Object.entries(measured)) rss[role] = round(rssBytes(pid) / MB, 1)
-      rss['app (reference)'] = round(rssBytes(app.pid) / MB, 1)
+      for (const [role, pid] of Object.entries({ ...measured, 'app (reference)': app.pid })) {
+        rss[role] = round(rssBytes(pid) / MB, 1)
+        const { anon, file } = rssSplit(pid)
+        split[role] = { anonMb: round(anon / MB, 1), fileMb: round(file / MB, 1) }
+      }
     } finally {
       for (const child of started.reverse()) await child.stop('SIGINT')
     }
@@ -62,7 +66,7 @@ export const footprint: Suite = {
       : naRow(`footprint.${key}`, suite, `idle RSS after ${waitS} s · ${role}`, 'MB', allocatorWhy, { op: '<=', value: 80 })
     return {
       rows: [row('client', 'client proxy'), row('server', 'server proxy'), row('allocator', 'allocator')],
-      details: { waitS, rssMb: rss }
+      details: { waitS, rssMb: rss, rssSplit: split }
     }
   }
 }

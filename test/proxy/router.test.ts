@@ -99,13 +99,13 @@ describe('router', () => {
     finder.providers = [slow]
     finder.rtts.set(slow.toString(), 150)
     let asks = 0
-    let answer: Candidate | undefined
+    const offer: { answer?: Candidate } = {}
     let t = 1_000_000
     const router = routerWith(finder, {
       improve: async () => {
         asks++
-        if (answer == null) throw new Error('none nearer')
-        return answer
+        if (offer.answer == null) throw new Error('none nearer')
+        return offer.answer
       }
     }, () => t)
     // Served by the slow one meanwhile; only one request for a better instance.
@@ -117,7 +117,7 @@ describe('router', () => {
     await new Promise(resolve => setImmediate(resolve))
     expect(asks).toBe(1)
     t += 6000
-    answer = { id: better, rttMs: 2 }
+    offer.answer = { id: better, rttMs: 2 }
     await router.pick(record)
     await new Promise(resolve => setImmediate(resolve))
     expect(asks).toBe(2)
