@@ -21,7 +21,7 @@ export const coldStart: Suite = {
   name: 'cold-start',
   about: 'first request with no instance running, process and docker runtimes [needs the allocator]',
   async run (ctx: SuiteContext): Promise<SuiteResult> {
-    const why = ctx.features.allocator ? 'n/a (cold-start suite not written yet)' : 'n/a (allocator not built yet)'
+    const why = ctx.features.allocator ? 'n/a (hook only: written with the allocator issue)' : 'n/a (allocator not built yet)'
     const suite = 'cold-start'
     const phases = ['allocator discovery', 'allocation', 'instance start', 'readiness', 'advertisement', 'first request']
     const rows: Row[] = []

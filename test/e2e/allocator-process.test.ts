@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
-import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
+import { runCli, startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json } from '../helpers/http.js'
 
 /**
@@ -84,6 +84,17 @@ describe('allocator (process runtime)', () => {
     // The next request starts a fresh instance.
     expect((await http(`${base}/hello/`)).status).toBe(200)
     expect(metricValue(await metrics(), 'hyphae_allocator_starts_total', { service: 'hello' })).toBe(2)
+  })
+
+  it('serves a service published with `hyphae registry put` (signed record in the DHT)', async () => {
+    const put = await runCli('hyphae', ['registry', 'put', 'published', '--command', command, '--health', '/healthz', '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
+    expect(put.code).toBe(0)
+    expect(put.stdout).toMatch(/^stored \/hyphae\/svc\/published seq=\d+ signer=12D3/)
+    const answer = await http(`${base}/published/`)
+    expect(answer.status).toBe(200)
+    expect(answer.body.toString()).toMatch(/^hello from /)
+    // Room again under --max-instances for the tests below.
+    await eventually(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0 ? true : undefined, 20_000, 'every instance culled again')
   })
 
   it('answers a coded error fast for an app that cannot start, leaving nothing behind', async () => {
