@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
-import { COMMON_OPTIONS, parseCommandLine, parsePort } from '../shared/config.js'
+import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
 import { MetricsServer } from '../shared/metrics-server.js'
@@ -35,12 +35,6 @@ Options:
   --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
   -h, --help              this text`
 
-function positiveInt (text: string | undefined, what: string, fallback: number): number {
-  if (text == null) return fallback
-  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
-  return Number(text)
-}
-
 runDaemon('hyphae-allocator', async () => {
   const { values, positionals } = parseCommandLine(process.argv.slice(2), {
     ...COMMON_OPTIONS,
@@ -64,14 +58,14 @@ runDaemon('hyphae-allocator', async () => {
   const sidecarKind = values.sidecar ?? 'in-process'
   if (sidecarKind !== 'in-process' && sidecarKind !== 'process') throw new UsageError(`invalid --sidecar '${sidecarKind}': expected in-process or process`)
   const metricsPort = parsePort(values.metrics, '--metrics', 9101)
-  const scaleWindowMs = positiveInt(values['scale-window'], '--scale-window', 120) * 1000
+  const scaleWindowMs = parsePositiveInt(values['scale-window'], '--scale-window', 120) * 1000
   const settings = {
-    maxInstances: positiveInt(values['max-instances'], '--max-instances', 16),
-    idleTimeoutS: positiveInt(values['idle-timeout'], '--idle-timeout', 60),
-    healthIntervalMs: positiveInt(values['health-interval'], '--health-interval', 1000),
-    unhealthyAfter: positiveInt(values['unhealthy-after'], '--unhealthy-after', 3),
-    healthyAfter: positiveInt(values['healthy-after'], '--healthy-after', 2),
-    startTimeoutMs: positiveInt(values['start-timeout'], '--start-timeout', 30_000)
+    maxInstances: parsePositiveInt(values['max-instances'], '--max-instances', 16),
+    idleTimeoutS: parsePositiveInt(values['idle-timeout'], '--idle-timeout', 60),
+    healthIntervalMs: parsePositiveInt(values['health-interval'], '--health-interval', 1000),
+    unhealthyAfter: parsePositiveInt(values['unhealthy-after'], '--unhealthy-after', 3),
+    healthyAfter: parsePositiveInt(values['healthy-after'], '--healthy-after', 2),
+    startTimeoutMs: parsePositiveInt(values['start-timeout'], '--start-timeout', 30_000)
   }
 
   const base = await startMeshBase({ name: 'hyphae-allocator', options: values })

@@ -6,6 +6,7 @@ import { Proxy } from '../proxy/proxy.js'
 import type { RecordSource } from '../proxy/ingress.js'
 import type { MeshConfig } from '../shared/config.js'
 import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
+import { raceSignal } from '../shared/abort.js'
 import { distFile } from '../shared/paths.js'
 import { registryDhtInit } from '../shared/registry/dht-validation.js'
 import type { Logger } from '../shared/log.js'
@@ -152,7 +153,7 @@ export class InProcessSidecars {
         metricsPort: 0
       })
       await proxy.start()
-      await raceAbort(proxy.whenAdvertised(), signal)
+      await raceSignal(proxy.whenAdvertised(), signal)
     } catch (err) {
       await stopNode().catch(() => {})
       throw err
@@ -169,14 +170,4 @@ export class InProcessSidecars {
       exited: exited.promise
     }
   }
-}
-
-async function raceAbort<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal == null) return await promise
-  signal.throwIfAborted()
-  return await new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => { reject(signal.reason) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
-  })
 }

@@ -115,7 +115,8 @@ async function main (): Promise<number> {
   const started = new Date()
   const features = detectFeatures()
   log(`features: --stream-per-request ${features.streamPerRequest ? 'yes' : 'NO (rows print n/a)'}, allocator ${features.allocator ? 'yes' : 'NO (allocator rows print n/a)'}`)
-  const load = loadavg()[0]
+  const loadAtStart = loadavg().map(v => Math.round(v * 100) / 100)
+  const load = loadAtStart[0]
   if (load > 0.5) log(`warning: load average ${load.toFixed(2)} at start: other work on this machine will skew the figures`)
   const previous = previousResults(outDir, values.quick === true)
 
@@ -149,7 +150,7 @@ async function main (): Promise<number> {
     command: process.env.npm_lifecycle_event === 'bench' ? `npm run bench${args !== '' ? ` -- ${args}` : ''}` : `node dist/bench/main.js ${args}`.trim(),
     quick: ctx.quick,
     suites: suites.map(s => s.name),
-    machine: machineInfo(),
+    machine: { ...machineInfo(), loadAverageAtStart: loadAtStart },
     git: gitInfo(REPO_ROOT),
     durationS: Math.round((Date.now() - started.getTime()) / 100) / 10,
     rows,

@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo, Socket } from 'node:net'
+import type { Socket } from 'node:net'
 import { MeshError } from '../shared/errors.js'
+import { listenOnLoopback } from '../shared/listen.js'
 import type { Logger } from '../shared/log.js'
 import { SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
 import { sendError } from './errors.js'
@@ -81,14 +82,7 @@ export class Ingress {
   }
 
   async start (): Promise<number> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(this.init.port, '127.0.0.1', () => {
-        this.server.off('error', reject)
-        resolve()
-      })
-    })
-    return (this.server.address() as AddressInfo).port
+    return await listenOnLoopback(this.server, this.init.port)
   }
 
   async stop (): Promise<void> {

@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
-import { COMMON_OPTIONS, parseCommandLine, parsePort } from '../shared/config.js'
+import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
 import { parseAppAddress } from './address.js'
@@ -26,12 +26,6 @@ Options:
   --cold-start-timeout MS how long requests wait for an instance to be started (default 30000)
   --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
   -h, --help              this text`
-
-function parsePositiveInt (text: string | undefined, what: string, fallback: number): number {
-  if (text == null) return fallback
-  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
-  return Number(text)
-}
 
 runDaemon('hyphae-proxy', async () => {
   const { values, positionals } = parseCommandLine(process.argv.slice(2), {

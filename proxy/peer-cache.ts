@@ -49,8 +49,17 @@ export class PeerState {
     return this.score >= 1 ? 'fresh' : 'removal'
   }
 
-  /** Load-aware cost for power-of-two-choices: latency estimate × (requests in flight + 1). */
-  cost (): number {
+  /**
+   * Load-aware cost for power of two choices: latency estimate × (requests in flight + 1).
+   * As in Linkerd (tower's PeakEwma), reading it decays the estimate toward zero, so a peer
+   * avoided after one slow answer is tried again within a few time constants.
+   */
+  cost (now: number): number {
+    const elapsed = now - this.latencyAt
+    if (elapsed > 0) {
+      this.latencyMs *= Math.exp(-elapsed / DECAY_MS)
+      this.latencyAt = now
+    }
     return this.latencyMs * (this.inflight + 1)
   }
 
@@ -151,12 +160,12 @@ export class ServicePeers {
  * Power of two choices: two distinct random peers, the cheaper one wins. Spreads load evenly
  * and away from slow or busy peers without any shared state (Linkerd's balancer).
  */
-export function pickP2C (peers: readonly PeerState[], random: () => number = Math.random): PeerState | undefined {
+export function pickP2C (peers: readonly PeerState[], now: number, random: () => number = Math.random): PeerState | undefined {
   if (peers.length <= 1) return peers[0]
   const a = Math.floor(random() * peers.length)
   let b = Math.floor(random() * (peers.length - 1))
   if (b >= a) b++
   const first = peers[a]
   const second = peers[b]
-  return second.cost() < first.cost() ? second : first
+  return second.cost(now) < first.cost(now) ? second : first
 }

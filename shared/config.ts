@@ -89,6 +89,12 @@ export function parsePort (text: string | undefined, what: string, fallback?: nu
   return Number(text)
 }
 
+export function parsePositiveInt (text: string | undefined, what: string, fallback: number): number {
+  if (text == null) return fallback
+  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
+  return Number(text)
+}
+
 export function parseLogLevel (text: string | undefined, env: NodeJS.ProcessEnv = process.env): LogLevel {
   const level = text ?? env.HYPHAE_LOG_LEVEL ?? 'info'
   if (!(LOG_LEVELS as readonly string[]).includes(level)) throw new UsageError(`invalid --log-level '${level}': expected one of ${LOG_LEVELS.join(', ')}`)

@@ -1,4 +1,5 @@
 import type { PeerId } from '@libp2p/interface'
+import { raceSignal } from './abort.js'
 import { serviceCid } from './cids.js'
 import type { Logger } from './log.js'
 import type { MeshNode } from './node.js'
@@ -65,7 +66,7 @@ export class InstanceCounter {
         if (newest == null || newest.startedAt <= started.startedAt) this.cache.set(key, { startedAt: started.startedAt, peers })
       }).catch(() => {}).finally(() => { if (this.lookups.get(key) === started) this.lookups.delete(key) })
     }
-    return await abortable(lookup.peers, signal)
+    return await raceSignal(lookup.peers, signal)
   }
 
   private async lookup (cid: Awaited<ReturnType<typeof serviceCid>>): Promise<ReadonlySet<string>> {
@@ -102,16 +103,6 @@ export class InstanceCounter {
       return false
     }
   }
-}
-
-async function abortable<T> (promise: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal == null) return await promise
-  signal.throwIfAborted()
-  return await new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => { reject(signal.reason) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    promise.then(resolve, reject).finally(() => { signal.removeEventListener('abort', onAbort) })
-  })
 }
 
 /** What the floor needs from a counter; a fake in tests. */

@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import type { Registry } from 'prom-client'
+import { listenOnLoopback } from './listen.js'
 
 export type MetricsRoute = (req: IncomingMessage) => { type: 'text' | 'json', body: string } | Promise<{ type: 'text' | 'json', body: string }>
 
@@ -20,14 +20,7 @@ export class MetricsServer {
   }
 
   async start (): Promise<number> {
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject)
-      this.server.listen(this.init.port, '127.0.0.1', () => {
-        this.server.off('error', reject)
-        resolve()
-      })
-    })
-    return (this.server.address() as AddressInfo).port
+    return await listenOnLoopback(this.server, this.init.port)
   }
 
   async stop (): Promise<void> {

@@ -41,6 +41,16 @@ export function rssSplit (pid: number): { anon: number, file: number } {
   return { anon: statusKb(pid, 'RssAnon') * 1024, file: statusKb(pid, 'RssFile') * 1024 }
 }
 
+/** Proportional set size: RSS with shared pages (the node binary) divided among their users, bytes. */
+export function pssBytes (pid: number): number | null {
+  try {
+    const match = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'))
+    return match == null ? null : Number(match[1]) * 1024
+  } catch {
+    return null
+  }
+}
+
 /** Peak resident set size since start or the last resetPeakRss, bytes. */
 export function peakRssBytes (pid: number): number {
   return statusKb(pid, 'VmHWM') * 1024

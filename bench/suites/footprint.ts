@@ -1,7 +1,7 @@
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { SERVICE, startProxy, startTinyApp, writeBenchConfig, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, REPO_ROOT } from '../lib/paths.js'
-import { rssBytes, rssSplit } from '../lib/proc-stats.js'
+import { pssBytes, rssBytes, rssSplit } from '../lib/proc-stats.js'
 import type { Child } from '../lib/procs.js'
 import { MB, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
@@ -17,7 +17,7 @@ export const footprint: Suite = {
     const waitS = ctx.quick ? 10 : 30
     const started: Array<Child<unknown>> = []
     const rss: Record<string, number> = {}
-    const split: Record<string, { anonMb: number, fileMb: number }> = {}
+    const split: Record<string, { anonMb: number, fileMb: number, pssMb: number | null }> = {}
     let allocatorWhy = 'n/a (allocator not built yet)'
     try {
       const configFile = writeBenchConfig(ctx.tmp)
@@ -55,7 +55,8 @@ export const footprint: Suite = {
       for (const [role, pid] of Object.entries({ ...measured, 'app (reference)': app.pid })) {
         rss[role] = round(rssBytes(pid) / MB, 1)
         const { anon, file } = rssSplit(pid)
-        split[role] = { anonMb: round(anon / MB, 1), fileMb: round(file / MB, 1) }
+        const pss = pssBytes(pid)
+        split[role] = { anonMb: round(anon / MB, 1), fileMb: round(file / MB, 1), pssMb: pss == null ? null : round(pss / MB, 1) }
       }
     } finally {
       for (const child of started.reverse()) await child.stop('SIGINT')

@@ -1,4 +1,5 @@
 import type { PrivateKey } from '@libp2p/interface'
+import { raceSignal } from '../abort.js'
 import type { Logger } from '../log.js'
 import type { MeshNode } from '../node.js'
 import { SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from './record.js'
@@ -294,18 +295,4 @@ export class Registry {
 
 function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
   return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0
-}
-
-/** Waits for P, or rejects when SIGNAL aborts; P itself goes on (other callers may share it). */
-async function raceSignal<T> (p: Promise<T>, signal?: AbortSignal): Promise<T> {
-  if (signal == null) return await p
-  signal.throwIfAborted()
-  return await new Promise<T>((resolve, reject) => {
-    const onAbort = (): void => { reject(signal.reason) }
-    signal.addEventListener('abort', onAbort, { once: true })
-    p.then(
-      value => { signal.removeEventListener('abort', onAbort); resolve(value) },
-      (err: unknown) => { signal.removeEventListener('abort', onAbort); reject(err) }
-    )
-  })
 }

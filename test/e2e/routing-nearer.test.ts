@@ -1,8 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
-import { LatencyRelay } from '../helpers/latency-relay.js'
-import { HELLO_SCRIPT, eventually, freePort, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import type { LatencyRelay } from '../helpers/latency-relay.js'
+import { HELLO_SCRIPT, eventually, startClientProxy, startDelayedInstance, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
 
 /** The soft RTT at work: an instance over it is used while a nearer one is started. */
 describe('a nearer instance when the best is over the soft RTT', () => {
@@ -15,11 +15,7 @@ describe('a nearer instance when the best is over the soft RTT', () => {
     config = await writeTestConfig({ hello: { command: `"${process.execPath}" "${HELLO_SCRIPT}"`, health: '/healthz', softRttMs: 100, hardRttMs: 300 } })
     allocator = await startDaemon('hyphae-allocator', ['--configfile', config.file, '--runtime', 'process', '--metrics', '0'])
     // The only instance at first: ~150 ms away, within the hard RTT but over the soft one.
-    const app = await startHelloApp('far')
-    const listenPort = await freePort()
-    relay = new LatencyRelay({ target: { host: '127.0.0.1', port: listenPort }, oneWayDelayMs: 75 })
-    const relayPort = await relay.start()
-    await startServerProxy(config, allocator, 'hello', app.port, ['--listen', `/ip4/127.0.0.1/tcp/${listenPort}`, '--announce', `/ip4/127.0.0.1/tcp/${relayPort}`])
+    relay = (await startDelayedInstance(config, allocator, 'hello', 'far', 75)).relay
     client = await startClientProxy(config, allocator)
   })
 

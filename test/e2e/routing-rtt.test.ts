@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, startLoad } from '../helpers/http.js'
 import { LatencyRelay } from '../helpers/latency-relay.js'
-import { eventually, freePort, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { eventually, startClientProxy, startDelayedInstance, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
 
 /**
  * Soft and hard RTT limits with instances behind chunk-delaying relays (every connection to
@@ -16,21 +16,12 @@ describe('routing by RTT limits (soft 100 ms, hard 300 ms)', () => {
   let base: string
   const relays = new Map<string, LatencyRelay>()
 
-  async function startDelayedInstance (name: string, oneWayDelayMs: number): Promise<void> {
-    const app = await startHelloApp(name)
-    const listenPort = await freePort()
-    const relay = new LatencyRelay({ target: { host: '127.0.0.1', port: listenPort }, oneWayDelayMs })
-    const relayPort = await relay.start()
-    await startServerProxy(config, bootstrap, 'hello', app.port, ['--listen', `/ip4/127.0.0.1/tcp/${listenPort}`, '--announce', `/ip4/127.0.0.1/tcp/${relayPort}`])
-    relays.set(name, relay)
-  }
-
   beforeAll(async () => {
     config = await writeTestConfig({ hello: { command: 'node hello.js', health: '/healthz', softRttMs: 100, hardRttMs: 300 } })
     bootstrap = await startClientProxy(config, undefined)
-    await startDelayedInstance('i5', 2.5)
-    await startDelayedInstance('i50', 25)
-    await startDelayedInstance('i400', 200)
+    for (const [name, delay] of [['i5', 2.5], ['i50', 25], ['i400', 200]] as const) {
+      relays.set(name, (await startDelayedInstance(config, bootstrap, 'hello', name, delay)).relay)
+    }
     client = await startClientProxy(config, bootstrap, ['--metrics', '0'])
     base = client.ready.http as string
   })
@@ -53,7 +44,7 @@ describe('routing by RTT limits (soft 100 ms, hard 300 ms)', () => {
 
   it('moves traffic off an instance whose RTT goes past the hard limit within 3 s', async () => {
     // Make sure i5 is in use first.
-    await eventually(async () => (await http(`${base}/hello/`)).body.toString() === 'hello from i5\n' ? true : undefined, 10_000, 'i5 serving')
+    await eventually(async () => (await http(`${base}/hello/`)).body.toString() === 'hello from i5\n' ? true : undefined, 20_000, 'i5 serving')
     const changedAt = performance.now()
     relays.get('i5')?.setDelay(200)
     let lastServedByI5 = changedAt

@@ -1,13 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
-import { LatencyRelay } from '../helpers/latency-relay.js'
-import { freePort, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
-
-interface DelayedInstance {
-  relay: LatencyRelay
-  proxy: Daemon
-}
+import { startClientProxy, startDelayedInstance, writeTestConfig, type DelayedInstance, type TestConfig } from '../helpers/mesh.js'
 
 /**
  * Instances behind chunk-delaying relays: every connection to a server proxy goes through
@@ -19,25 +13,13 @@ describe('RTT-aware instance choice', () => {
   let client: Daemon
   const instances = new Map<string, DelayedInstance>()
 
-  async function startDelayedInstance (name: string, oneWayDelayMs: number): Promise<void> {
-    const app = await startHelloApp(name)
-    const listenPort = await freePort()
-    const relay = new LatencyRelay({ target: { host: '127.0.0.1', port: listenPort }, oneWayDelayMs })
-    const relayPort = await relay.start()
-    const proxy = await startServerProxy(config, bootstrap, 'hello', app.port, [
-      '--listen', `/ip4/127.0.0.1/tcp/${listenPort}`,
-      '--announce', `/ip4/127.0.0.1/tcp/${relayPort}`
-    ])
-    instances.set(name, { relay, proxy })
-  }
-
   beforeAll(async () => {
     config = await writeTestConfig({ hello: { command: 'node hello.js', health: '/healthz', softRttMs: 60, hardRttMs: 150 } })
     bootstrap = await startClientProxy(config, undefined)
     // Round trips of ~10 ms, ~100 ms and ~240 ms; the hard limit is 150 ms.
-    await startDelayedInstance('near', 5)
-    await startDelayedInstance('far', 50)
-    await startDelayedInstance('toofar', 120)
+    for (const [name, delay] of [['near', 5], ['far', 50], ['toofar', 120]] as const) {
+      instances.set(name, await startDelayedInstance(config, bootstrap, 'hello', name, delay))
+    }
     // Last, so that every connection to an instance is dialled by the client, through a relay.
     client = await startClientProxy(config, bootstrap)
   })

@@ -3,6 +3,7 @@ import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { REPO_ROOT, startDaemon, startProcess, type Daemon, type StartedProcess } from './daemon.js'
+import { LatencyRelay } from './latency-relay.js'
 
 export const HELLO_SCRIPT = resolve(REPO_ROOT, 'dist/examples/hello/server.js')
 
@@ -131,4 +132,25 @@ export function metricValue (text: string, name: string, labels: Record<string, 
     if (Object.entries(labels).every(([k, v]) => have[k] === v)) return Number(match[4])
   }
   return 0
+}
+
+export interface DelayedInstance {
+  app: App
+  proxy: Daemon
+  relay: LatencyRelay
+}
+
+/**
+ * An instance whose every connection goes through a chunk-delaying relay: its server proxy
+ * listens on a port only the relay knows and announces only the relay's address. Start the
+ * client proxy after it, so that the client dials the instance (through the relay) and not
+ * the other way round.
+ */
+export async function startDelayedInstance (config: TestConfig, bootstrap: Daemon, service: string, name: string, oneWayDelayMs: number): Promise<DelayedInstance> {
+  const app = await startHelloApp(name)
+  const listenPort = await freePort()
+  const relay = new LatencyRelay({ target: { host: '127.0.0.1', port: listenPort }, oneWayDelayMs })
+  const relayPort = await relay.start()
+  const proxy = await startServerProxy(config, bootstrap, service, app.port, ['--listen', `/ip4/127.0.0.1/tcp/${listenPort}`, '--announce', `/ip4/127.0.0.1/tcp/${relayPort}`])
+  return { app, proxy, relay }
 }
