@@ -23,6 +23,27 @@ export interface ProfileSummary {
   busyMs: number
   functions: SelfTime[]
   modules: SelfTime[]
+  layers: SelfTime[]
+}
+
+const SOCKET_WRITES = new Set(['writeBuffer', 'writev', 'writeLatin1String', 'writeUtf8String', 'writeAsciiString', 'writeUcs2String'])
+
+/** A coarse layer for a module: where in the stack the time goes. */
+export function layerOf (mod: string, functionName: string): string {
+  if (SOCKET_WRITES.has(functionName) && mod === '(native)') return 'socket writes (native: syscall, and waiting for the CPU after waking the reader)'
+  if (mod === '(idle)') return '(idle)'
+  if (mod === '(garbage collector)') return 'garbage collector'
+  if (mod === '(program)') return '(program): native, outside JS'
+  if (mod === '(native)') return 'other native functions'
+  if (mod.startsWith('node:_http_')) return 'Node http (server, client, agent, parser)'
+  if (mod === 'node:internal/crypto') return 'Node crypto (ChaCha20-Poly1305 for noise)'
+  if (mod === 'node:internal/modules') return 'module loading (start-up)'
+  if (mod.startsWith('node:')) return 'Node streams, events, net, buffers, timers'
+  if (mod === '@chainsafe/libp2p-noise' || mod === '@chainsafe/as-chacha20poly1305' || mod.startsWith('wasm://') || mod.startsWith('@noble/')) return 'libp2p noise (framing, JS/wasm crypto)'
+  if (mod === '@chainsafe/libp2p-yamux') return 'libp2p yamux'
+  if (mod.startsWith('@libp2p/') || mod === 'libp2p' || mod === 'uint8arraylist' || mod.startsWith('it-') || mod === 'uint8arrays' || mod === 'multiformats' || mod.startsWith('@multiformats/') || mod === 'main-event' || mod === 'p-queue' || mod === 'race-signal') return 'libp2p other (stream utils, uint8arraylist, connection)'
+  if (mod.startsWith('hyphae ')) return 'hyphae code'
+  return 'other packages'
 }
 
 /** The package (or Node core area, or project file) a script URL belongs to. */
@@ -54,6 +75,7 @@ export function summarizeProfile (file: string, top = 20): ProfileSummary {
   }
   const functions = new Map<string, number>()
   const modules = new Map<string, number>()
+  const layers = new Map<string, number>()
   let total = 0
   let idle = 0
   for (const [id, us] of selfUs) {
@@ -66,6 +88,8 @@ export function summarizeProfile (file: string, top = 20): ProfileSummary {
     const fn = url === '' ? (functionName === '' ? '(anonymous)' : functionName) : `${functionName === '' ? '(anonymous)' : functionName} ${mod}:${lineNumber + 1}`
     functions.set(fn, (functions.get(fn) ?? 0) + us)
     modules.set(mod, (modules.get(mod) ?? 0) + us)
+    const layer = layerOf(mod, functionName)
+    layers.set(layer, (layers.get(layer) ?? 0) + us)
   }
   const busy = total - idle
   const list = (map: Map<string, number>): SelfTime[] => [...map.entries()]
@@ -77,7 +101,7 @@ export function summarizeProfile (file: string, top = 20): ProfileSummary {
       percent: Math.round(us / total * 1000) / 10,
       busyPercent: name === '(idle)' ? 0 : Math.round(us / busy * 1000) / 10
     }))
-  return { totalMs: Math.round(total / 1000), busyMs: Math.round(busy / 1000), functions: list(functions), modules: list(modules) }
+  return { totalMs: Math.round(total / 1000), busyMs: Math.round(busy / 1000), functions: list(functions), modules: list(modules), layers: list(layers) }
 }
 
 export function formatSummary (title: string, s: ProfileSummary): string {
@@ -88,6 +112,7 @@ export function formatSummary (title: string, s: ProfileSummary): string {
   ]
   return [
     `${title}: ${s.totalMs} ms sampled, ${s.busyMs} ms busy (not idle); (program) is native work outside JS (libuv, syscalls)`,
+    ...block('self time by layer', s.layers.filter(l => l.name !== '(idle)')),
     ...block('self time by module', s.modules),
     ...block('self time by function', s.functions)
   ].join('\n')
