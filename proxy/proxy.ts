@@ -54,6 +54,7 @@ export class Proxy {
   private readonly agents: MeshAgents
   private readonly ingress: Ingress
   private readonly router: Router
+  private readonly finder: PeerFinder
   private instance?: InstanceServer
   private advertiser?: Advertiser
   private autoscaler?: Autoscaler
@@ -82,6 +83,7 @@ export class Proxy {
     })
     this.agents = new MeshAgents(init.node, init.streamPerRequest !== true)
     const finder = new PeerFinder({ node: init.node, log: init.log })
+    this.finder = finder
     const router = new Router({
       finder,
       allocations: new Allocations({ node: init.node, finder, log: init.log, coldStartTimeoutMs: init.coldStartTimeoutMs }),
@@ -175,10 +177,10 @@ export class Proxy {
     if (record == null) throw new Error(`no registry record for service '${server.service}': publish one with 'hyphae registry put' or add it to Services in the config`)
     const served = new Counter({ name: 'hyphae_instance_requests_total', help: 'Requests served to this instance from the mesh, by status', labelNames: ['status'], registers: [this.metrics] })
     const inFlight = new Gauge({ name: 'hyphae_instance_requests_in_flight', help: 'Requests from the mesh being served now', registers: [this.metrics] })
-    new Gauge({ name: 'hyphae_instance_idle_seconds', help: 'Seconds since the last request was serviced', registers: [this.metrics], collect: function () { this.set(idle()) } })
-    const idle = (): number => this.idleSeconds
-    new Gauge({ name: 'hyphae_instance_advertised', help: '1 while the instance is advertised in the DHT', registers: [this.metrics], collect: function () { this.set(advertised() ? 1 : 0) } })
-    const advertised = (): boolean => this.advertiser?.advertised ?? false
+    const idleSeconds = (): number => this.idleSeconds
+    const advertised = (): boolean => this.advertiser?.advertised === true
+    new Gauge({ name: 'hyphae_instance_idle_seconds', help: 'Seconds since the last request was serviced', registers: [this.metrics], collect () { this.set(idleSeconds()) } })
+    new Gauge({ name: 'hyphae_instance_advertised', help: '1 while the instance is advertised in the DHT', registers: [this.metrics], collect () { this.set(advertised() ? 1 : 0) } })
 
     this.instance = new InstanceServer({
       node: init.node,
@@ -212,7 +214,7 @@ export class Proxy {
       this.autoscaler = new Autoscaler({
         node: init.node,
         record,
-        finder: new PeerFinder({ node: init.node, log: init.log }),
+        finder: this.finder,
         instances: new InstanceCounter({ node: init.node, log: init.log }),
         log: init.log,
         targetRps,
