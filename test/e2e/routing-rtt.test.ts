@@ -43,7 +43,8 @@ describe('routing by RTT limits (soft 100 ms, hard 300 ms)', () => {
   })
 
   it('moves traffic off an instance whose RTT goes past the hard limit within 3 s', async () => {
-    // Make sure i5 is in use first.
+    // Make sure i5 is in use first (and back at its own delay, should this test run again).
+    relays.get('i5')?.setDelay(2.5)
     await eventually(async () => (await http(`${base}/hello/`)).body.toString() === 'hello from i5\n' ? true : undefined, 20_000, 'i5 serving')
     const changedAt = performance.now()
     relays.get('i5')?.setDelay(200)
