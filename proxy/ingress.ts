@@ -1,10 +1,9 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Socket } from 'node:net'
 import { MeshError } from '../shared/errors.js'
 import { listenOnLoopback } from '../shared/listen.js'
 import type { Logger } from '../shared/log.js'
 import { SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
-import { sendError } from './errors.js'
+import { answerClientError, sendError } from './errors.js'
 import type { MeshAgents } from './mesh-agents.js'
 import { mayRetry, relay, RelayError } from './relay.js'
 import type { RetryBudget } from './retry-budget.js'
@@ -78,7 +77,7 @@ export class Ingress {
     this.server = createServer({ keepAliveTimeout: 5_000 })
     this.server.on('request', this.onRequest)
     this.server.on('checkContinue', this.onRequest)
-    this.server.on('clientError', this.onClientError)
+    this.server.on('clientError', answerClientError)
   }
 
   async start (): Promise<number> {
@@ -158,15 +157,4 @@ export class Ingress {
     return { service, status: err.status, retried }
   }
 
-  /** Malformed HTTP or oversized headers: a JSON answer, then close; the server goes on. */
-  private readonly onClientError = (err: Error & { code?: string }, socket: Socket): void => {
-    if (!socket.writable) {
-      socket.destroy()
-      return
-    }
-    const tooLarge = err.code === 'HPE_HEADER_OVERFLOW'
-    const status = tooLarge ? 431 : 400
-    const body = JSON.stringify({ error: { code: status, reason: tooLarge ? 'headers_too_large' : 'bad_request', message: tooLarge ? 'request headers too large' : 'malformed HTTP request' } })
-    socket.end(`HTTP/1.1 ${status} ${tooLarge ? 'Request Header Fields Too Large' : 'Bad Request'}\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
-  }
 }

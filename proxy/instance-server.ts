@@ -2,7 +2,7 @@ import { Agent, createServer, type IncomingMessage, type Server, type ServerResp
 import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
-import { sendError } from './errors.js'
+import { answerClientError, sendError } from './errors.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from './mesh-agents.js'
 import { relay, RelayError } from './relay.js'
 import { StreamSocket } from './stream-socket.js'
@@ -37,7 +37,7 @@ export class InstanceServer {
     this.server.on('checkContinue', this.onRequest)
     this.server.on('clientError', (err: Error, socket) => {
       init.log.debug({ err: err.message }, 'bad HTTP on a mesh stream')
-      socket.destroy()
+      answerClientError(err, socket)
     })
   }
 

@@ -192,4 +192,18 @@ describe('mesh core end to end', () => {
       await node.stop()
     }
   })
+
+  it('answers a garbled mesh stream with a 400 and keeps serving', async () => {
+    const node = await startTestNode()
+    try {
+      const stream = await node.dialProtocol(multiaddr(server.ready.multiaddrs[0]), '/http/1.1', { signal: AbortSignal.timeout(5000) })
+      stream.send(new Uint8Array([0x16, 0x03, 0x01, 0xff, 0x00, 0x0d, 0x0a, 0x0d, 0x0a, 0x47, 0x45]))
+      const chunks: Uint8Array[] = []
+      for await (const chunk of stream) chunks.push(chunk instanceof Uint8Array ? chunk : chunk.subarray())
+      expect(Buffer.concat(chunks).toString('utf8')).toMatch(/^HTTP\/1\.1 400 /)
+    } finally {
+      await node.stop()
+    }
+    expect((await http(`${base}/hello/`)).status).toBe(200)
+  })
 })
