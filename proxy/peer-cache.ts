@@ -20,6 +20,7 @@ const RTT_ALPHA = 0.3
 const DECAY_MS = 10_000
 /** What an instance never measured is assumed to cost (Linkerd starts at 30 ms too). */
 export const DEFAULT_LATENCY_MS = 30
+const MIN_LATENCY_MS = 1
 
 export class PeerState {
   readonly key: string
@@ -51,16 +52,12 @@ export class PeerState {
 
   /**
    * Load-aware cost for power of two choices: latency estimate × (requests in flight + 1).
-   * As in Linkerd (tower's PeakEwma), reading it decays the estimate toward zero, so a peer
-   * avoided after one slow answer is tried again within a few time constants.
+   * Estimates below 1 ms count as 1 ms, the resolution of our RTT measurements: on one host
+   * sub-millisecond differences are scheduling noise, and letting them decide would pile the
+   * load on whichever instance happened to answer a little faster.
    */
-  cost (now: number): number {
-    const elapsed = now - this.latencyAt
-    if (elapsed > 0) {
-      this.latencyMs *= Math.exp(-elapsed / DECAY_MS)
-      this.latencyAt = now
-    }
-    return this.latencyMs * (this.inflight + 1)
+  cost (): number {
+    return Math.max(this.latencyMs, MIN_LATENCY_MS) * (this.inflight + 1)
   }
 
   /**
@@ -160,12 +157,12 @@ export class ServicePeers {
  * Power of two choices: two distinct random peers, the cheaper one wins. Spreads load evenly
  * and away from slow or busy peers without any shared state (Linkerd's balancer).
  */
-export function pickP2C (peers: readonly PeerState[], now: number, random: () => number = Math.random): PeerState | undefined {
+export function pickP2C (peers: readonly PeerState[], random: () => number = Math.random): PeerState | undefined {
   if (peers.length <= 1) return peers[0]
   const a = Math.floor(random() * peers.length)
   let b = Math.floor(random() * (peers.length - 1))
   if (b >= a) b++
   const first = peers[a]
   const second = peers[b]
-  return second.cost(now) < first.cost(now) ? second : first
+  return second.cost() < first.cost() ? second : first
 }
