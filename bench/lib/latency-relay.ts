@@ -1,5 +1,5 @@
-// A copy of test/helpers/latency-relay.ts (bench must not import from test/): a TCP relay on
-// 127.0.0.1 that delays every chunk in both directions, to give loopback peers a real RTT.
+// A TCP relay on 127.0.0.1 that delays every chunk in both directions, to give loopback peers
+// a real RTT. Used by the benchmarks and, through test/helpers/latency-relay.ts, the tests.
 import { once } from 'node:events'
 import { createConnection, createServer, type Server, type Socket } from 'node:net'
 
