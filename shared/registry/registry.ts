@@ -119,13 +119,24 @@ export class Registry {
     this.lastUsed.set(name, now)
     const hit = this.cache.get(name)
     if (hit != null && hit.expiresAt > now) return hit.record
+    const lookup = this.refresh(name)
+    // Stale while revalidate: a record we already have is served at once while the DHT is
+    // asked again in the background, so no request waits on a lookup once a service is known.
+    if (hit?.record != null) {
+      lookup.catch(() => {})
+      return hit.record
+    }
+    return (await raceSignal(lookup, options.signal)).record
+  }
 
+  /** One lookup of NAME at a time, shared by every caller. */
+  private async refresh (name: string): Promise<CacheEntry> {
     let lookup = this.inflight.get(name)
     if (lookup == null) {
       lookup = this.lookup(name).finally(() => this.inflight.delete(name))
       this.inflight.set(name, lookup)
     }
-    return (await raceSignal(lookup, options.signal)).record
+    return await lookup
   }
 
   /**
