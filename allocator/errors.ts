@@ -33,7 +33,3 @@ export class AllocationError extends Error {
     super(message, options)
   }
 }
-
-export function isAbortError (err: unknown): boolean {
-  return err instanceof Error && (err.name === 'AbortError' || (err instanceof AllocationError && err.code === 'aborted'))
-}

@@ -1,4 +1,5 @@
 import { request } from 'node:http'
+import { probeHealth, type ProbeResult } from '../shared/health.js'
 import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { AllocationError } from './errors.js'
@@ -68,13 +69,6 @@ export interface SupervisorInit {
   cullable?: () => boolean
   onEvent?: (event: SupervisorEvent, supervisor: InstanceSupervisor) => void
   now?: () => number
-}
-
-interface ProbeResult {
-  ok: boolean
-  /** The HTTP status, when the app answered at all. */
-  status?: number
-  error?: string
 }
 
 const DEFAULTS = {
@@ -583,20 +577,6 @@ function toAllocationError (err: unknown): AllocationError {
 
 function errorText (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
-}
-
-/** GET the health path: any 2xx or 3xx passes, like most load balancers. */
-export async function probeHealth (host: string, port: number, path: string, timeoutMs: number): Promise<ProbeResult> {
-  return await new Promise<ProbeResult>(resolve => {
-    const req = request({ host, port, path, method: 'GET', agent: false, timeout: timeoutMs, headers: { 'User-Agent': 'hyphae-allocator' } }, res => {
-      res.resume()
-      const status = res.statusCode ?? 0
-      resolve({ ok: status >= 200 && status < 400, status })
-    })
-    req.on('timeout', () => { req.destroy(new Error(`no answer within ${timeoutMs} ms`)) })
-    req.on('error', err => { resolve({ ok: false, error: err.message }) })
-    req.end()
-  })
 }
 
 /** The sidecar's idle seconds, or undefined if it did not answer with a number. */

@@ -1,6 +1,6 @@
-import { request } from 'node:http'
 import type { CID } from 'multiformats/cid'
 import { Announcer } from '../shared/announcer.js'
+import { probeHealth } from '../shared/health.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 
@@ -16,19 +16,6 @@ export interface AdvertiserInit {
   /** Failed checks in a row after which the instance stops advertising. */
   unhealthyAfter?: number
   reprovideMs?: number
-}
-
-/** One GET of the app's health path: healthy on any 2xx or 3xx within the timeout. */
-export async function checkHealth (app: { host: string, port: number }, path: string, timeoutMs = 2000): Promise<boolean> {
-  return await new Promise<boolean>(resolve => {
-    const req = request({ host: app.host, port: app.port, path, method: 'GET', agent: false, timeout: timeoutMs }, res => {
-      res.resume()
-      resolve(res.statusCode != null && res.statusCode >= 200 && res.statusCode < 400)
-    })
-    req.on('timeout', () => { req.destroy(new Error('health check timed out')) })
-    req.on('error', () => { resolve(false) })
-    req.end()
-  })
 }
 
 /**
@@ -73,7 +60,7 @@ export class Advertiser {
   }
 
   private async tick (): Promise<void> {
-    const healthy = await checkHealth(this.init.app, this.init.healthPath)
+    const { ok: healthy } = await probeHealth(this.init.app.host, this.init.app.port, this.init.healthPath, 2000)
     if (this.stopped) return
     try {
       if (healthy) {

@@ -24,7 +24,6 @@ export class Announcer {
   private active = false
   /** Provided at least once since announce() was called. */
   private provided = false
-  private lastProvidedAt = 0
   private timer: NodeJS.Timeout | undefined
   private rejoinTimer: NodeJS.Timeout | undefined
   private readonly reprovideMs: number
@@ -73,7 +72,6 @@ export class Announcer {
     try {
       await this.init.node.contentRouting.provide(this.init.cid, { signal: AbortSignal.timeout(10_000) })
       ok = true
-      this.lastProvidedAt = Date.now()
       if (this.active) this.provided = true
     } finally {
       if (this.active) {
@@ -94,10 +92,5 @@ export class Announcer {
       this.rejoinTimer = undefined
       this.reprovide()
     }, REJOIN_DEBOUNCE_MS)
-  }
-
-  /** When the record was last put, for status pages. */
-  get lastProvided (): number {
-    return this.lastProvidedAt
   }
 }
