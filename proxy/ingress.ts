@@ -126,7 +126,7 @@ export class Ingress {
       }
       this.init.observePick?.(target.app, peer.rttMs)
       const chosen = peer
-      const sentAt = performance.now()
+      let sentAt = performance.now()
       chosen.inflight++
       try {
         const result = await relay(req, res, {
@@ -134,7 +134,12 @@ export class Ingress {
           path: target.path,
           forward: { forwardedFor: req.socket.remoteAddress ?? '127.0.0.1', forwardedPrefix: `/${target.app}` },
           responseTimeoutMs: this.responseTimeoutMs,
-          onResponseStart: () => { chosen.observeLatency(performance.now() - sentAt, Date.now()) }
+          // From the request leaving to its answer: time spent queued in this proxy before
+          // the write is the same whichever instance is picked, so it is left out.
+          onRequestSent: () => { sentAt = performance.now() },
+          // The first answer on a new stream also pays for opening it (protocol negotiation):
+          // a one-off cost, not the instance's latency.
+          onResponseStart: reused => { if (reused) chosen.observeLatency(performance.now() - sentAt, Date.now()) }
         })
         chosen.inflight--
         return { service: target.app, status: result.status, retried: attempt > 1 }

@@ -23,8 +23,10 @@ export interface RelayTarget {
   forward?: ForwardHeaders
   /** Time allowed until the response headers arrive. */
   responseTimeoutMs?: number
-  /** Called when the response headers arrive (for latency estimates). */
-  onResponseStart?: () => void
+  /** Called once the request has been handed to the connection (for latency estimates). */
+  onRequestSent?: () => void
+  /** Called when the response headers arrive (for latency estimates); `reused`: over a pooled connection. */
+  onResponseStart?: (reused: boolean) => void
 }
 
 export interface RelayResult {
@@ -65,6 +67,7 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
     upstream.once('socket', () => {
       if (phase === 'connect') phase = 'request'
     })
+    if (target.onRequestSent != null) upstream.once('finish', target.onRequestSent)
     // The clock starts once the request is sent: a long upload is not a slow answer.
     if (target.responseTimeoutMs != null) {
       const timeoutMs = target.responseTimeoutMs
@@ -78,7 +81,7 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
     upstream.on('response', (answer: IncomingMessage) => {
       phase = 'response'
       clearTimeout(timer)
-      target.onResponseStart?.()
+      target.onResponseStart?.(upstream.reusedSocket)
       res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardRawHeaders(answer.rawHeaders))
       answer.pipe(res, { end: false })
       answer.on('end', () => {
