@@ -123,7 +123,10 @@ describe('mesh core end to end', () => {
     expect(got).toEqual({ sha256: want.digest('hex'), bytes: size })
 
     const rssAfter = await Promise.all([rssOf(client.pid), rssOf(server.pid)])
-    for (let i = 0; i < 2; i++) expect(rssAfter[i] - rssBefore[i]).toBeLessThan(50 * 1024 * 1024)
+    // The bound is "~50 MB" for a 1 GB transfer (BENCHMARKS.md measures that: 24–37 MB).
+    // RSS also holds garbage not yet collected, which a busy neighbour test inflates, hence the
+    // slack; without backpressure the same transfers took hundreds of MB.
+    for (let i = 0; i < 2; i++) expect(rssAfter[i] - rssBefore[i]).toBeLessThan(64 * 1024 * 1024)
   })
 
   it('delivers a slow server-sent stream chunk by chunk', async () => {
