@@ -138,12 +138,21 @@ export class ServicePeers {
   }
 
   /** The peers of the best level that has any, without those in `exclude`. */
-  bestLevel (exclude: ReadonlySet<string> = new Set()): PeerState[] {
-    for (const level of LEVELS) {
-      const peers = this.all().filter(p => p.level === level && !exclude.has(p.key))
-      if (peers.length > 0) return peers
+  bestLevel (exclude?: ReadonlySet<string>): PeerState[] {
+    // One pass per request (this is on the request path): keep the peers of the best level seen.
+    let best: PeerState[] = []
+    let bestRank = LEVELS.length
+    for (const peer of this.peers.values()) {
+      if (exclude?.has(peer.key) === true) continue
+      const rank = LEVELS.indexOf(peer.level)
+      if (rank < bestRank) {
+        best = [peer]
+        bestRank = rank
+      } else if (rank === bestRank) {
+        best.push(peer)
+      }
     }
-    return []
+    return best
   }
 
   countByLevel (): Record<Level, number> {

@@ -1,6 +1,6 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createMeshNode, type MeshNode, type MeshNodeInit } from '../../shared/node.js'
+import { createMeshNode, routingTableSize, type MeshNode, type MeshNodeInit } from '../../shared/node.js'
 
 /** A real libp2p node on 127.0.0.1 with an ephemeral port. */
 export async function startTestNode (init: Partial<MeshNodeInit> = {}): Promise<MeshNode> {
@@ -19,8 +19,7 @@ export async function connectMesh (nodes: MeshNode[]): Promise<void> {
   await Promise.all(rest.map(async n => await n.dial(first.getMultiaddrs()[0])))
   const deadline = Date.now() + 10_000
   while (Date.now() < deadline) {
-    const sizes = await Promise.all(nodes.map(async n => (n.services.dht as unknown as { routingTable: { size: number } }).routingTable.size))
-    if (sizes.every(s => s > 0)) return
+    if (nodes.every(n => routingTableSize(n) > 0)) return
     await new Promise(resolve => setTimeout(resolve, 20))
   }
   throw new Error('DHT routing tables did not fill within 10 s')
