@@ -22,9 +22,11 @@ import type { Row } from '../lib/table.js'
  *     after t0). The watch ends 6 s after t0, or 2 s after the last such response. Median of
  *     3 (1 in --quick); before each trial the delay goes back to 2.5 ms and a fresh client
  *     proxy starts (one that never saw the near instance over its limit).
- * (b) Kill under load: three instances (no relays), the client last, waiting until it knows
- *     all three; 4 keep-alive connections send 3000 GETs (1000 in --quick) back to back;
- *     after 500 sent (300 in --quick), one server proxy is SIGKILLed (its app too). Failed = non-2xx + socket
+ * (b) Spread: three equal instances (no relays), the client last, waiting until it knows
+ *     all three; 4 keep-alive connections send 3000 GETs (1000 in --quick) back to back. The
+ *     figure is the largest distance of one instance's share from a third, in percentage points.
+ * (c) Kill under load, on the same three right after: as many GETs again; after 500 sent (300
+ *     in --quick), one server proxy is SIGKILLed (its app too). Failed = non-2xx + socket
  *     errors, over all requests.
  */
 
@@ -148,8 +150,9 @@ async function rttMove (ctx: SuiteContext, trials: number): Promise<RttTrial[]> 
 }
 
 interface KillResult { loadSeconds: number, rps: number, total: number, ok: number, non2xx: number, errors: number, failed: number, killedAfterSent: number, servedBy: Record<string, number>, firstFailureAfterKillMs: number | null, lastFailureAfterKillMs: number | null }
+interface SpreadResult { total: number, servedBy: Record<string, number>, worstPointsFromThird: number }
 
-async function killUnderLoad (ctx: SuiteContext, total: number, killAt: number): Promise<KillResult> {
+async function spreadThenKill (ctx: SuiteContext, total: number, killAt: number): Promise<{ spread: SpreadResult, kill: KillResult }> {
   const configFile = writeConfig(ctx.tmp)
   const started: Array<{ stop: (signal?: NodeJS.Signals, graceMs?: number) => Promise<unknown> }> = []
   const agent = new Agent({ keepAlive: true, maxSockets: 4 })
@@ -176,6 +179,20 @@ async function killUnderLoad (ctx: SuiteContext, total: number, killAt: number):
       await get(url, false)
       return undefined
     })
+
+    const spreadBy: Record<string, number> = {}
+    let spreadSent = 0
+    const spreadWorker = async (): Promise<void> => {
+      while (spreadSent < total) {
+        spreadSent++
+        const answer = await get(url, agent)
+        spreadBy[answer.body.trim()] = (spreadBy[answer.body.trim()] ?? 0) + 1
+      }
+    }
+    await Promise.all([spreadWorker(), spreadWorker(), spreadWorker(), spreadWorker()])
+    const shares = ['a', 'b', 'c'].map(name => (spreadBy[`hello from ${name}`] ?? 0) / total)
+    const spread = { total, servedBy: spreadBy, worstPointsFromThird: round(Math.max(...shares.map(share => Math.abs(share - 1 / 3))) * 100, 1) }
+    ctx.log(`routing: spread over three equal instances: ${shares.map(share => (share * 100).toFixed(1) + '%').join(' / ')}`)
 
     const loadStarted = performance.now()
     let sent = 0
@@ -221,7 +238,7 @@ async function killUnderLoad (ctx: SuiteContext, total: number, killAt: number):
       firstFailureAfterKillMs: rel(failures[0]), lastFailureAfterKillMs: rel(failures[failures.length - 1])
     }
     ctx.log(`routing: kill under load: ${result.failed} failed of ${result.total} (${non2xx} non-2xx, ${errors} socket errors) in ${result.loadSeconds} s, served ${JSON.stringify(servedBy)}`)
-    return result
+    return { spread, kill: result }
   } finally {
     agent.destroy()
     for (const child of started.reverse()) await child.stop('SIGINT', 10_000)
@@ -230,7 +247,7 @@ async function killUnderLoad (ctx: SuiteContext, total: number, killAt: number):
 
 export const routing: Suite = {
   name: 'routing',
-  about: 'traffic moved off an instance over its hard RTT; failures during an instance kill under load',
+  about: 'traffic moved off an instance over its hard RTT; spread over three equal instances; failures during an instance kill under load',
   async run (ctx: SuiteContext): Promise<SuiteResult> {
     const suite = 'routing'
     const trials = ctx.quick ? 1 : 3
@@ -238,13 +255,14 @@ export const routing: Suite = {
     const killAt = ctx.quick ? 300 : 500
     ctx.log(`routing: RTT move, ${trials} trial(s)`)
     const rtt = await rttMove(ctx, trials)
-    ctx.log(`routing: kill under load, ${total} requests over 4 connections, a server proxy SIGKILLed after ${killAt}`)
-    const kill = await killUnderLoad(ctx, total, killAt)
+    ctx.log(`routing: spread of ${total} requests over three instances, then as many with a server proxy SIGKILLed after ${killAt}`)
+    const { spread, kill } = await spreadThenKill(ctx, total, killAt)
     const rows: Row[] = [
       { id: 'routing.rtt-move', suite, metric: `time to move traffic off a hard-RTT breaker, median of ${trials}`, value: round(median(rtt.map(t => t.movedAfterMs)), 0), unit: 'ms', better: 'lower', target: { op: '<=', value: 3000 } },
+      { id: 'routing.spread', suite, metric: `spread over three equal instances (${total} requests): worst share's distance from 33.3%`, value: spread.worstPointsFromThird, unit: 'pp', better: 'lower', digits: 1, target: { op: '<=', value: 5 } },
       { id: 'routing.kill-failures', suite, metric: `failed requests during an instance kill (of ${kill.total})`, value: kill.failed, unit: 'req', better: 'lower', digits: 0 },
       { id: 'routing.kill-total', suite, metric: '  requests sent, 4 connections', value: kill.total, unit: 'req', digits: 0 }
     ]
-    return { rows, details: { rttMove: { softRttMs: 100, hardRttMs: 300, oneWayMs: { near: NEAR_MS, far: FAR_MS, broken: BROKEN_MS }, trials: rtt }, kill } }
+    return { rows, details: { rttMove: { softRttMs: 100, hardRttMs: 300, oneWayMs: { near: NEAR_MS, far: FAR_MS, broken: BROKEN_MS }, trials: rtt }, spread, kill } }
   }
 }

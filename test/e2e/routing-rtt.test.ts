@@ -32,12 +32,17 @@ describe('routing by RTT limits (soft 100 ms, hard 300 ms)', () => {
     await config?.cleanup()
   })
 
-  it('never sends a request to the instance over the hard RTT', async () => {
+  it('never sends a request to the instance over the hard RTT, and most to the nearest', async () => {
     const result = await startLoad(`${base}/hello/`, { concurrency: 4, total: 300 }).done
     expect(result.errors).toEqual([])
     expect(result.statuses.get(200)).toBe(300)
     expect(result.bodies.get('hello from i400\n') ?? 0).toBe(0)
-    expect((result.bodies.get('hello from i5\n') ?? 0) + (result.bodies.get('hello from i50\n') ?? 0)).toBe(300)
+    const nearer = result.bodies.get('hello from i5\n') ?? 0
+    expect(nearer + (result.bodies.get('hello from i50\n') ?? 0)).toBe(300)
+    // Both are within the soft RTT: the balancer weighs latency (~15 vs ~55 ms answers) against
+    // requests in flight, so the farther one serves only while the nearer has 3 or more in flight.
+    console.log(`the ~5 ms instance served ${nearer} of 300 beside a ~50 ms one`)
+    expect(nearer).toBeGreaterThanOrEqual(210)
     const peers = JSON.parse((await http(`http://127.0.0.1:${client.ready.metrics as number}/peers`)).body.toString()) as Array<{ peers: Array<{ lastRttMs: number }> }>
     expect(peers[0].peers.every(p => p.lastRttMs <= 300)).toBe(true)
   })

@@ -2,7 +2,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { describe, expect, it } from 'vitest'
-import { DEFAULT_LATENCY_MS, pickP2C, ServicePeers } from '../../proxy/peer-cache.js'
+import { DEFAULT_LATENCY_MS, pickP2C, ServicePeers, WARMUP_ANSWERS, type PeerState } from '../../proxy/peer-cache.js'
 
 async function peerIds (n: number): Promise<PeerId[]> {
   return await Promise.all(Array.from({ length: n }, async () => peerIdFromPrivateKey(await generateKeyPair('Ed25519'))))
@@ -77,13 +77,32 @@ describe('peer cache levels', () => {
 })
 
 describe('peak EWMA and power of two choices', () => {
-  it('starts unknown peers at the default cost and takes a higher observation at once', async () => {
+  function warmUp (peer: PeerState, ms: number, now: number): void {
+    for (let i = 0; i < WARMUP_ANSWERS; i++) peer.observeLatency(ms, now)
+  }
+
+  it('starts unknown peers at the default cost and averages a new peer\'s first answers', async () => {
     const [a] = await peerIds(1)
     const t = clock()
     const peer = new ServicePeers(limits, t.now).add(a, 5)
-    expect(peer?.latencyMs).toBe(DEFAULT_LATENCY_MS)
-    peer?.observeLatency(80, t.now())
-    expect(peer?.latencyMs).toBe(80)
+    if (peer == null) throw new Error('not admitted')
+    expect(peer.latencyMs).toBe(DEFAULT_LATENCY_MS)
+    // One cold answer among quick ones does not hold the estimate up.
+    peer.observeLatency(150, t.now())
+    expect(peer.latencyMs).toBe((DEFAULT_LATENCY_MS + 150) / 2)
+    for (let i = 0; i < 8; i++) peer.observeLatency(5, t.now())
+    expect(peer.latencyMs).toBeCloseTo((DEFAULT_LATENCY_MS + 150 + 8 * 5) / 10, 5)
+  })
+
+  it('takes a higher observation at once once warmed up', async () => {
+    const [a] = await peerIds(1)
+    const t = clock()
+    const peer = new ServicePeers(limits, t.now).add(a, 5)
+    if (peer == null) throw new Error('not admitted')
+    warmUp(peer, 5, t.now())
+    expect(peer.latencyMs).toBeLessThan(6)
+    peer.observeLatency(80, t.now())
+    expect(peer.latencyMs).toBe(80)
   })
 
   it('decays lower observations in with a ~10 s time constant', async () => {
@@ -91,6 +110,7 @@ describe('peak EWMA and power of two choices', () => {
     const t = clock()
     const peer = new ServicePeers(limits, t.now).add(a, 5)
     if (peer == null) throw new Error('not admitted')
+    warmUp(peer, 0, t.now())
     peer.observeLatency(100, t.now())
     t.advance(10_000)
     peer.observeLatency(0, t.now())
@@ -108,12 +128,59 @@ describe('peak EWMA and power of two choices', () => {
     const pa = peers.add(a, 0)
     const pb = peers.add(b, 0)
     if (pa == null || pb == null) throw new Error('not admitted')
-    pa.observeLatency(0.2, t.now())
-    pb.observeLatency(0.9, t.now())
+    warmUp(pa, 0.2, t.now())
+    warmUp(pb, 0.9, t.now())
     t.advance(60_000)
     pa.observeLatency(0.2, t.now())
     pb.observeLatency(0.9, t.now())
     expect(pa.cost()).toBe(pb.cost())
+  })
+
+  it('avoids a peer more than twice as costly, and shows a slow new peer within two answers', async () => {
+    const [a, b] = await peerIds(2)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
+    const fast = peers.add(a, 5)
+    const slow = peers.add(b, 5)
+    if (fast == null || slow == null) throw new Error('not admitted')
+    warmUp(fast, 5, t.now())
+    slow.observeLatency(200, t.now())
+    slow.observeLatency(200, t.now())
+    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(fast)
+  })
+
+  it('takes latency estimates within a factor of two as equal: fewer in flight wins, then the first drawn', async () => {
+    const [a, b] = await peerIds(2)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
+    const pa = peers.add(a, 5)
+    const pb = peers.add(b, 5)
+    if (pa == null || pb == null) throw new Error('not admitted')
+    warmUp(pa, 10, t.now())
+    warmUp(pb, 10, t.now())
+    pa.observeLatency(19, t.now())
+    // Slower by less than 2×: the draw decides.
+    expect(pickP2C([pa, pb], () => 0)).toBe(pa)
+    expect(pickP2C([pa, pb], () => 0.99)).toBe(pb)
+    // Equal enough, and the faster one is busier: the idle one wins whichever is drawn first.
+    pb.inflight = 1
+    for (const r of [0, 0.99]) expect(pickP2C([pa, pb], () => r)).toBe(pa)
+  })
+
+  it('weighs a clearer latency difference against requests in flight', async () => {
+    const [a, b] = await peerIds(2)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
+    const fast = peers.add(a, 5)
+    const slow = peers.add(b, 5)
+    if (fast == null || slow == null) throw new Error('not admitted')
+    warmUp(fast, 5, t.now())
+    warmUp(slow, 12, t.now())
+    // 5 ms × 2 in flight beats 12 ms idle; 5 ms × 3 does not.
+    fast.inflight = 1
+    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(fast)
+    fast.inflight = 2
+    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(slow)
   })
 
   it('weighs requests in flight into the cost', async () => {
