@@ -23,11 +23,11 @@ export interface AutoscalerInit {
   record: ServiceRecord
   /** Finds allocators and pings them (a PeerFinder). */
   finder: { discover: (cid: CID, hardRttMs: number, signal?: AbortSignal) => Promise<Candidate[]> }
-  /** Mesh-wide instance count, for `maxInstances`. */
+  /** Mesh-wide live instances, for `minInstances` and `maxInstances`. */
   instances: Pick<InstanceCounter, 'providers'>
   log: Logger
-  /** Requests per second per instance above which another instance is asked for. */
-  targetRps: number
+  /** Requests per second per instance above which another instance is asked for; none: no rate rule. */
+  targetRps?: number
   /** Allocators farther than this are not asked: their instance would be of no use to the clients. */
   hardRttMs: number
   /** The sliding window the rate is measured over. Default 120 s. */
@@ -36,6 +36,8 @@ export interface AutoscalerInit {
   checkIntervalMs?: number
   /** Pause after a scale-up (or a refused one) before the next. Default max(window / 4, 10 s). */
   cooldownMs?: number
+  /** How often the record's `minInstances` is checked against the DHT. Default 5 s. */
+  floorCheckMs?: number
   /** How long one scale-up (discovery plus allocation) may take. Default 60 s. */
   allocationTimeoutMs?: number
   requestInstance?: RequestInstance
@@ -45,7 +47,10 @@ export interface AutoscalerInit {
 }
 
 /** What one check decided, for tests and debug logs. */
-export type ScaleDecision = 'warming_up' | 'under_target' | 'cooldown' | 'in_flight' | 'at_max' | 'allocated' | 'refused' | 'stopped'
+export type ScaleDecision = 'warming_up' | 'under_target' | 'cooldown' | 'in_flight' | 'at_max' | 'allocated' | 'refused' | 'stopped' | 'floor_met' | 'floor_left_to_peer'
+
+/** Why a scale-up was asked for: the request rate, or fewer instances than the record's minInstances. */
+export type ScaleReason = 'rate' | 'min_instances'
 
 /** Buckets per window: the rate's resolution is a 120th of the window (1 s for the default). */
 const BUCKETS = 120
@@ -54,6 +59,11 @@ const BUCKETS = 120
  * Scales a service out from one of its instances: counts the requests this instance serves
  * over a sliding window and, while the rate is above the record's target, asks the nearest
  * allocator for another instance. Scaling in is the allocator's idle culling.
+ *
+ * It also keeps the record's `minInstances` warm once the service runs at all (with no control
+ * plane, nothing starts the first one before a request does): when the DHT shows fewer live
+ * instances, the one with the lowest peer ID among them asks for another, so that instances
+ * seeing the same shortfall do not each start one. Allocators never cull below the floor.
  *
  * The rate is requests ÷ the time observed, where the time observed is the window, or the
  * time since this instance started if that is shorter: dividing by the whole window would
@@ -80,6 +90,8 @@ export class Autoscaler {
   private startedFrom = { ms: 0, bucket: 0 }
   private decidingFrom = { ms: 0, bucket: 0 }
   private nextAttemptAt = 0
+  private nextFloorCheckAt = 0
+  private readonly floorCheckMs: number
   private inflight?: Promise<ScaleDecision>
   private timer?: unknown
   private lifetime = new AbortController()
@@ -87,10 +99,10 @@ export class Autoscaler {
   /** Whether "at maxInstances" was logged since the rate last fell under the target. */
   private capped = false
   private readonly totals = { requested: 0, allocated: 0, refused: 0, atMax: 0 }
-  private readonly outcomes?: Counter<'service' | 'outcome'>
+  private readonly outcomes?: Counter<'service' | 'reason' | 'outcome'>
 
   constructor (private readonly init: AutoscalerInit) {
-    if (!(init.targetRps > 0)) throw new Error('targetRps must be positive')
+    if (init.targetRps != null && !(init.targetRps > 0)) throw new Error('targetRps must be positive')
     this.windowMs = init.windowMs ?? 120_000
     if (!(this.windowMs >= 100)) throw new Error('the scaling window must be at least 100 ms')
     this.bucketMs = Math.ceil(this.windowMs / BUCKETS)
@@ -99,6 +111,7 @@ export class Autoscaler {
     this.slots = new Float64Array(this.buckets).fill(-1)
     this.checkIntervalMs = init.checkIntervalMs ?? Math.min(1000, Math.max(100, this.windowMs / 8))
     this.cooldownMs = init.cooldownMs ?? Math.max(this.windowMs / 4, 10_000)
+    this.floorCheckMs = init.floorCheckMs ?? 5_000
     this.minObservedMs = this.windowMs / 4
     this.now = init.now ?? Date.now
     this.timers = init.timers ?? {
@@ -111,10 +124,10 @@ export class Autoscaler {
     if (init.metrics != null) {
       const registers = [init.metrics]
       const service = init.record.name
-      this.outcomes = new Counter({ name: 'hyphae_autoscaler_scale_ups_total', help: 'Scale-up attempts by outcome: allocated, refused (no allocator would), at_max (maxInstances reached)', labelNames: ['service', 'outcome'], registers })
+      this.outcomes = new Counter({ name: 'hyphae_autoscaler_scale_ups_total', help: 'Scale-up attempts by reason (rate, min_instances) and outcome: allocated, refused (no allocator would), at_max (maxInstances reached)', labelNames: ['service', 'reason', 'outcome'], registers })
       const rate = (): number => this.ratePerSecond()
       new Gauge({ name: 'hyphae_autoscaler_requests_per_second', help: 'Requests per second this instance served over the scaling window', labelNames: ['service'], registers, collect () { this.set({ service }, rate()) } })
-      new Gauge({ name: 'hyphae_autoscaler_target_rps', help: 'Requests per second per instance above which the service scales out', labelNames: ['service'], registers }).set({ service }, init.targetRps)
+      if (init.targetRps != null) new Gauge({ name: 'hyphae_autoscaler_target_rps', help: 'Requests per second per instance above which the service scales out', labelNames: ['service'], registers }).set({ service }, init.targetRps)
     }
   }
 
@@ -164,25 +177,61 @@ export class Autoscaler {
   async check (): Promise<ScaleDecision> {
     if (this.lifetime.signal.aborted) return 'stopped'
     if (this.inflight != null) return 'in_flight'
+    let floor: ScaleDecision | undefined
+    if ((this.init.record.minInstances ?? 0) > 1 && this.now() >= this.nextFloorCheckAt) {
+      floor = await this.exclusive(async () => await this.keepFloor())
+      if (floor !== 'floor_met' && floor !== 'floor_left_to_peer') return floor
+    }
+    const { targetRps } = this.init
+    if (targetRps == null) return floor ?? 'under_target'
     const { requests, spanMs } = this.observed(this.decidingFrom)
     if (spanMs < this.minObservedMs) return 'warming_up'
     const rate = requests * 1000 / spanMs
-    if (rate <= this.init.targetRps) {
+    if (rate <= targetRps) {
       this.capped = false
       return 'under_target'
     }
     if (this.now() < this.nextAttemptAt) return 'cooldown'
-    const attempt = this.scaleUp(rate).finally(() => { this.inflight = undefined })
+    return await this.exclusive(async () => await this.scaleUp('rate', { rps: round(rate), targetRps }))
+  }
+
+  /** One decision that may scale at a time: concurrent checks answer 'in_flight'. */
+  private async exclusive (decide: () => Promise<ScaleDecision>): Promise<ScaleDecision> {
+    const attempt = decide().finally(() => { this.inflight = undefined })
     this.inflight = attempt
     return await attempt
   }
 
-  private async scaleUp (rate: number): Promise<ScaleDecision> {
+  private async keepFloor (): Promise<ScaleDecision> {
+    const { record, node } = this.init
+    const min = record.minInstances ?? 0
+    this.nextFloorCheckAt = this.now() + this.floorCheckMs
+    const self = node.peerId.toString()
+    let live: Set<string>
+    try {
+      // A fresh walk: a cached count from before the last start would ask for one too many.
+      live = new Set(await this.init.instances.providers(record, this.lifetime.signal, 0))
+    } catch (err) {
+      if (this.lifetime.signal.aborted) return 'stopped'
+      this.init.log.debug({ service: record.name, err: (err as Error).message }, 'instance count failed')
+      return 'floor_left_to_peer'
+    }
+    live.add(self)
+    if (live.size >= min) return 'floor_met'
+    if ([...live].sort()[0] !== self) return 'floor_left_to_peer'
+    const decision = await this.scaleUp('min_instances', { instances: live.size, minInstances: min })
+    // The new instance is advertised before its allocation is answered: count again at the next check.
+    if (decision === 'allocated') this.nextFloorCheckAt = this.now()
+    else this.nextFloorCheckAt = this.now() + this.cooldownMs
+    return decision
+  }
+
+  private async scaleUp (reason: ScaleReason, details: Record<string, number>): Promise<ScaleDecision> {
     const { record, log } = this.init
     const service = record.name
     const signal = AbortSignal.any([AbortSignal.timeout(this.init.allocationTimeoutMs ?? 60_000), this.lifetime.signal])
     const started = this.now()
-    const context = { service, rps: round(rate), targetRps: this.init.targetRps }
+    const context = { service, reason, ...details }
     try {
       let instances: number | undefined
       if (record.maxInstances != null) {
@@ -191,7 +240,7 @@ export class Autoscaler {
         instances = peers.size
         if (instances >= record.maxInstances) {
           this.totals.atMax++
-          this.outcomes?.inc({ service, outcome: 'at_max' })
+          this.outcomes?.inc({ service, reason, outcome: 'at_max' })
           // Counting walks the DHT: while at the cap, look again only after a cooldown.
           this.nextAttemptAt = this.now() + this.cooldownMs
           if (!this.capped) log.info({ ...context, instances, maxInstances: record.maxInstances }, 'scale-up held back: the service runs its maxInstances')
@@ -200,7 +249,7 @@ export class Autoscaler {
         }
       }
       this.totals.requested++
-      log.info({ ...context, instances }, 'scale-up requested')
+      log.info({ ...context, ...(instances != null ? { instances } : {}) }, 'scale-up requested')
       this.allocatorCid ??= allocatorCid()
       const allocators = await this.init.finder.discover(await this.allocatorCid, this.init.hardRttMs, signal)
       const refusals: string[] = []
@@ -216,7 +265,7 @@ export class Autoscaler {
           continue
         }
         this.totals.allocated++
-        this.outcomes?.inc({ service, outcome: 'allocated' })
+        this.outcomes?.inc({ service, reason, outcome: 'allocated' })
         this.nextAttemptAt = this.now() + this.cooldownMs
         this.capped = false
         // From now on the load is shared with the new instance: measure it afresh.
@@ -225,7 +274,7 @@ export class Autoscaler {
         return 'allocated'
       }
       this.totals.refused++
-      this.outcomes?.inc({ service, outcome: 'refused' })
+      this.outcomes?.inc({ service, reason, outcome: 'refused' })
       this.nextAttemptAt = this.now() + this.cooldownMs
       const why = allocators.length === 0 ? [`no allocator within the hard RTT of ${this.init.hardRttMs} ms`] : refusals
       log.info({ ...context, refusals: why, retryInMs: this.cooldownMs }, 'scale-up refused')
@@ -233,7 +282,7 @@ export class Autoscaler {
     } catch (err) {
       if (this.lifetime.signal.aborted) return 'stopped'
       this.totals.refused++
-      this.outcomes?.inc({ service, outcome: 'refused' })
+      this.outcomes?.inc({ service, reason, outcome: 'refused' })
       this.nextAttemptAt = this.now() + this.cooldownMs
       log.info({ ...context, err: (err as Error).message, retryInMs: this.cooldownMs }, 'scale-up failed')
       return 'refused'

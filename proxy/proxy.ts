@@ -208,9 +208,10 @@ export class Proxy {
       healthIntervalMs: server.healthIntervalMs
     })
     this.advertiser.start()
-    // Autoscaling is opt-in: the record's targetRps, else the config's Perf.TargetRps.
+    // Autoscaling is opt-in: the record's targetRps, else the config's Perf.TargetRps; and
+    // a minInstances above one is kept warm.
     const targetRps = record.targetRps ?? init.config.targetRps
-    if (targetRps != null) {
+    if (targetRps != null || (record.minInstances ?? 0) > 1) {
       this.autoscaler = new Autoscaler({
         node: init.node,
         record,

@@ -23,6 +23,8 @@ interface Harness {
   /** Every allocation request, in order: which allocator. */
   asked: string[]
   counted: number
+  /** The live instances the DHT shows besides this one; tests change it as instances come. */
+  providers: string[]
   /** Serves `rps` requests a second for `seconds`, advancing the clock. */
   load: (rps: number, seconds: number) => void
   advance: (ms: number) => void
@@ -45,6 +47,7 @@ function harness (opts: {
     clock,
     asked,
     counted: 0,
+    providers: opts.providers ?? [],
     scaler: undefined as unknown as Autoscaler,
     load: (rps, seconds) => {
       const step = 1000 / rps
@@ -62,7 +65,7 @@ function harness (opts: {
     instances: {
       providers: async () => {
         h.counted++
-        return new Set(opts.providers ?? [])
+        return new Set(h.providers)
       }
     },
     log,
@@ -223,7 +226,7 @@ describe('Autoscaler', () => {
     h.load(25, 60)
     await h.scaler.check()
     const text = await metrics.metrics()
-    expect(text).toMatch(/hyphae_autoscaler_scale_ups_total\{service="svc",outcome="allocated"\} 1/)
+    expect(text).toMatch(/hyphae_autoscaler_scale_ups_total\{service="svc",reason="rate",outcome="allocated"\} 1/)
     expect(text).toMatch(/hyphae_autoscaler_requests_per_second\{service="svc"\} 25/)
     expect(text).toMatch(/hyphae_autoscaler_target_rps\{service="svc"\} 10/)
   })
@@ -250,5 +253,52 @@ describe('Autoscaler', () => {
     await h.scaler.stop()
     expect(intervals[0].cleared).toBe(true)
     expect(await h.scaler.check()).toBe('stopped')
+  })
+
+  describe('minInstances', () => {
+    function floorHarness (providers: string[], record: Partial<ServiceRecord> = {}): Harness {
+      return harness({ record: { minInstances: 3, ...record }, providers, init: { targetRps: undefined } })
+    }
+
+    it('asks for another instance while the DHT shows fewer, from the lowest peer ID only', async () => {
+      // 'other' sorts before 'self': it acts, this one leaves it.
+      const h = floorHarness(['other'])
+      expect(await h.scaler.check()).toBe('floor_left_to_peer')
+      expect(h.asked).toEqual([])
+      // Now this one is the lowest (counted again after floorCheckMs).
+      h.providers = ['x1']
+      expect(await h.scaler.check()).toBe('under_target')
+      h.advance(5000)
+      expect(await h.scaler.check()).toBe('allocated')
+      expect(h.asked).toEqual(['near'])
+      // Counted again at once (no wait for the check interval): still short, one more.
+      h.providers = ['x1', 'x2']
+      expect(await h.scaler.check()).toBe('floor_met')
+      expect(h.asked).toEqual(['near'])
+      // Without a rate rule, load alone never scales.
+      h.load(100, 120)
+      expect(await h.scaler.check()).toBe('floor_met')
+      expect(await h.scaler.check()).toBe('under_target')
+      expect(h.asked).toEqual(['near'])
+    })
+
+    it('counts again only every floorCheckMs while the floor is met, and waits a cooldown after a refusal', async () => {
+      const h = harness({ record: { minInstances: 2 }, providers: ['x1'], answers: { near: { ok: false, error: { code: 'capacity', message: 'full' } } }, init: { targetRps: undefined, cooldownMs: 30_000 } })
+      expect(await h.scaler.check()).toBe('floor_met')
+      expect(h.counted).toBe(1)
+      h.advance(1000)
+      await h.scaler.check()
+      expect(h.counted).toBe(1)
+      h.advance(4000)
+      h.providers = []
+      expect(await h.scaler.check()).toBe('refused')
+      expect(h.counted).toBe(2)
+      h.advance(10_000)
+      await h.scaler.check()
+      expect(h.counted).toBe(2)
+      h.advance(20_000)
+      await h.scaler.check()
+      expect(h.asked).toEqual(['near', 'near'])
+    })
   })
 })
