@@ -58,7 +58,8 @@ export class ProcessSidecars {
       '--log-level', init.logLevel ?? 'info',
       '0', service, `${app.host}:${app.port}`
     ]
-    const child = spawn(process.execPath, [PROXY_MAIN, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+    // The IPC channel stops the sidecar should the allocator die, even by SIGKILL (see runDaemon).
+    const child = spawn(process.execPath, [PROXY_MAIN, ...args], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
     const exited = new Promise<number | null>(resolve => {
       child.once('exit', code => { resolve(code) })
       child.once('error', () => { resolve(null) })
@@ -72,7 +73,7 @@ export class ProcessSidecars {
     }
 
     const ready = await new Promise<{ peerId: string, multiaddrs: string[], metrics: number }>((resolve, reject) => {
-      const lines = createInterface({ input: child.stdout })
+      const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
       const timer = setTimeout(() => { fail(new Error(`the proxy for ${service} was not ready within ${init.readyTimeoutMs ?? 20_000} ms`)) }, init.readyTimeoutMs ?? 20_000)
       const onAbort = (): void => { fail(new Error('aborted')) }
       signal?.addEventListener('abort', onAbort, { once: true })

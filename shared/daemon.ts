@@ -86,6 +86,14 @@ export function runDaemon (name: string, main: () => Promise<Stoppable | undefin
     }
     process.on('SIGINT', () => { shutdown('SIGINT') })
     process.on('SIGTERM', () => { shutdown('SIGTERM') })
+    // Started by a parent over an IPC channel (`hyphae up`, process sidecars): the channel
+    // closes when the parent dies, even by SIGKILL, which no signal tells us. Stop then,
+    // rather than run on as an orphan holding ports.
+    if (process.channel != null) {
+      process.channel.unref()
+      if (!process.connected) shutdown('parent exit')
+      else process.once('disconnect', () => { shutdown('parent exit') })
+    }
   }, err => {
     process.stderr.write(`${name}: ${errorMessage(err)}\n`)
     process.exit(err instanceof UsageError ? 2 : 1)

@@ -45,7 +45,8 @@ interface Child {
 
 /** Spawns a daemon, adds it to `children` at once (so it is stopped whatever happens next), waits for `ready`. */
 async function startChild (name: string, script: string, args: string[], children: Child[]): Promise<Child> {
-  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit'] })
+  // The IPC channel is how a child learns that we died, even by SIGKILL (see runDaemon).
+  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
   const exited = new Promise<number | null>(resolve => {
     proc.once('exit', code => { resolve(code) })
     proc.once('error', () => { resolve(null) })

@@ -22,6 +22,24 @@ describe('hyphae up', () => {
     await eventually(() => processes.every(pid => !isAlive(pid)) ? true : undefined, 10_000, 'every process of the mesh gone')
   })
 
+  it('leaves nothing running when it is SIGKILLed', async () => {
+    const port = await freePort()
+    const up = await startProcess(binPath('hyphae'), ['up', '--port', String(port)], {
+      timeoutMs: 30_000,
+      isReady: line => /^\s+curl (\S+)/.exec(line)?.[1]
+    })
+    expect((await http(up.ready)).status).toBe(200)
+    // Allocator, client proxy and the instance it started.
+    const processes = await descendantsOf(up.pid)
+    expect(processes.length).toBeGreaterThanOrEqual(3)
+    try {
+      await up.stop('SIGKILL')
+      await eventually(() => processes.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'every process of the mesh gone')
+    } finally {
+      for (const pid of processes.filter(isAlive)) process.kill(pid, 'SIGKILL')
+    }
+  })
+
   it('refuses a bad flag with one line and exit 2', async () => {
     const { runCli } = await import('../helpers/daemon.js')
     const result = await runCli('hyphae', ['up', '--port', 'abc'])

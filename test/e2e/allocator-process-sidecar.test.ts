@@ -1,0 +1,50 @@
+import { readFile } from 'node:fs/promises'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
+import { http } from '../helpers/http.js'
+import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+
+/**
+ * `--sidecar process`: each instance's server proxy is a `hyphae-proxy` process of its own.
+ * It serves like the in-process one, and does not outlive an allocator that is SIGKILLed.
+ */
+describe('allocator with process sidecars', () => {
+  let config: TestConfig
+  let allocator: Daemon
+  let client: Daemon
+
+  beforeAll(async () => {
+    config = await writeTestConfig({ hello: { command: `"${process.execPath}" "${HELLO_SCRIPT}"`, health: '/healthz' } })
+    allocator = await startDaemon('hyphae-allocator', [
+      '--configfile', config.file, '--runtime', 'process', '--metrics', '0', '--sidecar', 'process',
+      '--health-interval', '200', '--start-timeout', '10000'
+    ])
+    client = await startClientProxy(config, allocator, ['--cold-start-timeout', '20000'])
+  })
+
+  afterAll(async () => {
+    await stopAllDaemons()
+    await config?.cleanup()
+  })
+
+  it('cold-starts an instance behind its own proxy process, which stops when the allocator is SIGKILLed', async () => {
+    const answer = await http(`${client.ready.http as string}/hello/`)
+    expect(answer.status).toBe(200)
+    expect(answer.body.toString()).toMatch(/^hello from /)
+    const children = await descendantsOf(allocator.pid)
+    const sidecars: number[] = []
+    for (const pid of children) {
+      const cmdline = (await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '')).split('\0')
+      if (cmdline.some(arg => arg.endsWith('proxy/main.js'))) sidecars.push(pid)
+    }
+    expect(sidecars).toHaveLength(1)
+    // The app runs in a process group of its own, which no allocator crash can reach.
+    const apps = children.filter(pid => !sidecars.includes(pid))
+    try {
+      await allocator.stop('SIGKILL')
+      await eventually(() => sidecars.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'the sidecar gone after its allocator')
+    } finally {
+      for (const pid of [...sidecars, ...apps].filter(isAlive)) process.kill(pid, 'SIGKILL')
+    }
+  })
+})
