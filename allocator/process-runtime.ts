@@ -24,6 +24,13 @@ export interface ProcessRuntimeInit {
 
 export const DEFAULT_INHERITED_ENV = ['PATH', 'HOME', 'USER', 'LOGNAME', 'LANG', 'LC_ALL', 'TZ', 'TMPDIR'] as const
 
+/**
+ * Marks an app's processes with the allocator that started them (its children inherit it), so
+ * that a later run of that allocator can find what a SIGKILLed one left: the process runtime's
+ * counterpart of the docker runtime's container labels.
+ */
+export const ALLOCATOR_ENV = 'HYPHAE_ALLOCATOR'
+
 const GROUP_POLL_MS = 50
 /** After SIGKILL the kernel needs a moment to tear the group down; waiting longer means something is wrong. */
 const KILL_SETTLE_MS = 2000
@@ -66,8 +73,9 @@ export class ProcessRuntime implements Runtime {
     for (const name of this.init.inheritEnv ?? DEFAULT_INHERITED_ENV) {
       if (parentEnv[name] !== undefined) env[name] = parentEnv[name]
     }
-    // PORT last: the allocator publishes and health-checks this port, the record cannot move it.
-    Object.assign(env, record.env, { PORT: String(spec.hostPort) })
+    // Last: the allocator publishes and health-checks this port, and finds its orphans by the
+    // mark; the record can move neither.
+    Object.assign(env, record.env, { PORT: String(spec.hostPort), [ALLOCATOR_ENV]: spec.allocatorPeerId })
 
     const child = spawn(this.init.shell ?? '/bin/sh', ['-c', record.command], {
       cwd: this.init.cwd,
@@ -108,9 +116,33 @@ export class ProcessRuntime implements Runtime {
     await proc.stopped
   }
 
-  /** Processes do not outlive their allocator unnoticed: stop() and the exit hook kill their groups. */
-  async removeOrphans (): Promise<number> {
-    return 0
+  /**
+   * Kills the process groups an earlier run of this allocator left (it was SIGKILLed, so
+   * neither stop() nor the exit hook ran): every group with a process marked with its peer ID,
+   * other than those this run started. Resolves with how many groups.
+   */
+  async removeOrphans (allocatorPeerId: string): Promise<number> {
+    if (process.platform !== 'linux') return 0
+    const mark = `${ALLOCATOR_ENV}=${allocatorPeerId}`
+    const ours = new Set([...this.live.values()].map(proc => proc.pgid))
+    const groups = new Set<number>()
+    for (const entry of readdirSync('/proc')) {
+      if (!/^\d+$/.test(entry)) continue
+      let environ: string
+      try {
+        environ = readFileSync(`/proc/${entry}/environ`, 'latin1')
+      } catch {
+        continue // gone, or another user's
+      }
+      if (!environ.split('\0').includes(mark)) continue
+      const stat = readProcStat(Number(entry))
+      if (stat != null && stat.state !== 'Z' && !ours.has(stat.pgrp) && stat.pgrp !== process.pid) groups.add(stat.pgrp)
+    }
+    for (const pgid of groups) {
+      this.init.log.info({ pgid }, 'removing an app process group an earlier run left')
+      signalGroup(pgid, 'SIGKILL')
+    }
+    return groups.size
   }
 
   private async terminate (proc: LiveProcess, instance: RuntimeInstance, graceMs: number): Promise<void> {

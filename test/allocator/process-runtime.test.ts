@@ -104,6 +104,23 @@ describe('process runtime', () => {
     expect(line).toBe(`port=${spec.hostPort} greeting=hi psk=none`)
   })
 
+  it('finds and kills the process groups an earlier run of the same allocator left', async () => {
+    const spec = await specFor('sleep 1000 & exec sleep 1000')
+    const instance = await start(spec)
+    const pgid = Number(instance.id)
+    await waitFor(async () => (await groupMembers(pgid)).length >= 2 ? true : undefined, 'the app and its child')
+    // A new run (the old one was SIGKILLed) knows nothing of it; another allocator's mark is left alone.
+    const nextRun = new ProcessRuntime({ log: testLogger() })
+    expect(await nextRun.removeOrphans('another-allocator')).toBe(0)
+    expect(groupAlive(pgid)).toBe(true)
+    expect(await nextRun.removeOrphans(spec.allocatorPeerId)).toBe(1)
+    await waitFor(() => groupAlive(pgid) ? undefined : true, 'the orphaned group gone')
+    // The run that started it does not count its own instances as orphans.
+    const own = await start(await specFor('exec sleep 1000'))
+    expect(await runtime.removeOrphans('test-allocator')).toBe(0)
+    expect(groupAlive(Number(own.id))).toBe(true)
+  })
+
   it('refuses a record without a command, and a cancelled start', async () => {
     const imageSpec: InstanceSpec = { ...(await specFor('true')), record: parseRecord({ name: 'img', image: 'x:1' }) }
     await expect(runtime.start(imageSpec)).rejects.toMatchObject({ code: 'start_failed' })
@@ -111,6 +128,5 @@ describe('process runtime', () => {
     const err = await runtime.start(await specFor('sleep 1000'), { signal: aborted }).catch((e: unknown) => e)
     expect(err).toBeInstanceOf(AllocationError)
     expect((err as AllocationError).code).toBe('aborted')
-    expect(await runtime.removeOrphans()).toBe(0)
   })
 })

@@ -1,4 +1,5 @@
 import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
@@ -6,19 +7,22 @@ import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, startClientProxy, wri
 
 /**
  * `--sidecar process`: each instance's server proxy is a `hyphae-proxy` process of its own.
- * It serves like the in-process one, and does not outlive an allocator that is SIGKILLed.
+ * It serves like the in-process one, and does not outlive an allocator that is SIGKILLed; the
+ * app (a process group of its own, which nothing can tie to the allocator's life) is removed
+ * when that allocator starts again.
  */
 describe('allocator with process sidecars', () => {
   let config: TestConfig
   let allocator: Daemon
   let client: Daemon
+  const allocatorArgs = (): string[] => [
+    '--configfile', config.file, '--runtime', 'process', '--metrics', '0', '--sidecar', 'process',
+    '--key', join(config.dir, 'allocator.key'), '--health-interval', '200', '--start-timeout', '10000'
+  ]
 
   beforeAll(async () => {
     config = await writeTestConfig({ hello: { command: `"${process.execPath}" "${HELLO_SCRIPT}"`, health: '/healthz' } })
-    allocator = await startDaemon('hyphae-allocator', [
-      '--configfile', config.file, '--runtime', 'process', '--metrics', '0', '--sidecar', 'process',
-      '--health-interval', '200', '--start-timeout', '10000'
-    ])
+    allocator = await startDaemon('hyphae-allocator', allocatorArgs())
     client = await startClientProxy(config, allocator, ['--cold-start-timeout', '20000'])
   })
 
@@ -27,7 +31,7 @@ describe('allocator with process sidecars', () => {
     await config?.cleanup()
   })
 
-  it('cold-starts an instance behind its own proxy process, which stops when the allocator is SIGKILLed', async () => {
+  it('cold-starts an instance behind its own proxy process; after a SIGKILL the sidecar stops and a restart removes the app', async () => {
     const answer = await http(`${client.ready.http as string}/hello/`)
     expect(answer.status).toBe(200)
     expect(answer.body.toString()).toMatch(/^hello from /)
@@ -38,11 +42,16 @@ describe('allocator with process sidecars', () => {
       if (cmdline.some(arg => arg.endsWith('proxy/main.js'))) sidecars.push(pid)
     }
     expect(sidecars).toHaveLength(1)
-    // The app runs in a process group of its own, which no allocator crash can reach.
     const apps = children.filter(pid => !sidecars.includes(pid))
+    expect(apps.length).toBeGreaterThanOrEqual(1)
     try {
+      const peerId = allocator.ready.peerId
       await allocator.stop('SIGKILL')
       await eventually(() => sidecars.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'the sidecar gone after its allocator')
+      expect(apps.some(isAlive)).toBe(true)
+      allocator = await startDaemon('hyphae-allocator', allocatorArgs())
+      expect(allocator.ready.peerId).toBe(peerId)
+      await eventually(() => apps.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'the orphaned app removed by the next run')
     } finally {
       for (const pid of [...sidecars, ...apps].filter(isAlive)) process.kill(pid, 'SIGKILL')
     }
