@@ -24,7 +24,7 @@ class RecordingRuntime implements Runtime {
   }
 
   async stop (instance: RuntimeInstance, options?: { graceMs?: number }): Promise<void> { await this.inner.stop(instance, options) }
-  async removeOrphans (): Promise<number> { return await this.inner.removeOrphans() }
+  async removeOrphans (allocatorPeerId: string): Promise<number> { return await this.inner.removeOrphans(allocatorPeerId) }
   async available (): Promise<boolean> { return await this.inner.available() }
   get pids (): number[] { return this.started.map(i => Number(i.id)) }
 }
