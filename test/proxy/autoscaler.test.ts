@@ -292,13 +292,25 @@ describe('Autoscaler', () => {
       h.advance(4000)
       h.providers = []
       expect(await h.scaler.check()).toBe('refused')
-      expect(h.counted).toBe(2)
+      // A shortfall is confirmed by a second walk before anything is asked for.
+      expect(h.counted).toBe(3)
       h.advance(10_000)
       await h.scaler.check()
-      expect(h.counted).toBe(2)
+      expect(h.counted).toBe(3)
       h.advance(20_000)
       await h.scaler.check()
       expect(h.asked).toEqual(['near', 'near'])
+    })
+
+    it('does not act on a shortfall that a second walk does not confirm', async () => {
+      const answers = [[], ['x1']]
+      const h = harness({
+        record: { minInstances: 2 },
+        init: { targetRps: undefined, instances: { providers: async () => new Set(answers.shift() ?? ['x1']) } }
+      })
+      expect(await h.scaler.check()).toBe('floor_met')
+      expect(answers).toEqual([])
+      expect(h.asked).toEqual([])
     })
   })
 })
