@@ -40,6 +40,11 @@ export interface MeshNodeInit {
   selectors?: Record<string, SelectFn>
   /** How long provider records stay valid, ms. Short, so a dead instance ages out soon. */
   providerValidityMs?: number
+  /**
+   * Use the DHT without serving it: the node still provides and looks up, but other nodes do
+   * not put it in their routing tables or query it.
+   */
+  dhtClientMode?: boolean
 }
 
 /** The one libp2p node every hyphae daemon runs. */
@@ -77,7 +82,7 @@ export async function createMeshNode (init: MeshNodeInit): Promise<MeshNode> {
       ping: ping({ maxInboundStreams: 256, maxOutboundStreams: 256 }),
       dht: kadDHT({
         protocol: DHT_PROTOCOL,
-        clientMode: false,
+        clientMode: init.dhtClientMode ?? false,
         peerInfoMapper: passthroughMapper,
         validators: init.validators ?? {},
         selectors: init.selectors ?? {},

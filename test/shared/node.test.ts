@@ -1,6 +1,6 @@
 import { afterEach, describe, expect, it } from 'vitest'
 import { allocatorCid } from '../../shared/cids.js'
-import type { MeshNode } from '../../shared/node.js'
+import { waitForRoutingTable, type MeshNode } from '../../shared/node.js'
 import { connectMesh, startTestNode } from '../helpers/nodes.js'
 
 describe('mesh node', () => {
@@ -19,6 +19,26 @@ describe('mesh node', () => {
     }
     expect(found).toContain(nodes[1].peerId.toString())
     expect(nodes[0].getProtocols()).toContain('/hyphae/kad/1.0.0')
+  })
+
+  it('a DHT client node (an in-process sidecar) provides and is found, but serves no DHT and is in no routing table', async () => {
+    for (let i = 0; i < 2; i++) nodes.push(await startTestNode())
+    await connectMesh(nodes)
+    const client = await startTestNode({ dhtClientMode: true })
+    nodes.push(client)
+    await client.dial(nodes[0].getMultiaddrs()[0])
+    expect(await waitForRoutingTable(client, 10_000)).toBe(true)
+    const cid = await allocatorCid()
+    await client.contentRouting.provide(cid, { signal: AbortSignal.timeout(10_000) })
+    const found: string[] = []
+    for await (const provider of nodes[1].contentRouting.findProviders(cid, { signal: AbortSignal.timeout(10_000) })) {
+      found.push(provider.id.toString())
+      break
+    }
+    expect(found).toEqual([client.peerId.toString()])
+    expect(client.getProtocols()).not.toContain('/hyphae/kad/1.0.0')
+    const table = (nodes[0].services.dht as unknown as { routingTable: { find: (id: unknown) => Promise<unknown> } }).routingTable
+    expect(await table.find(client.peerId)).toBeUndefined()
   })
 })
 
