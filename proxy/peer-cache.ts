@@ -65,12 +65,23 @@ export class PeerState {
    * sub-millisecond differences are scheduling noise, and letting them decide would pile the
    * load on whichever instance happened to answer a little faster.
    */
-  cost (): number {
-    return this.latencyForCost() * (this.inflight + 1)
+  cost (now: number): number {
+    return this.latencyForCost(now) * (this.inflight + 1)
   }
 
-  latencyForCost (): number {
-    return Math.max(this.latencyMs, MIN_LATENCY_MS)
+  /**
+   * The estimate as of `now`: one not renewed by an answer decays toward zero with the same
+   * time constant (as in tower's peak-EWMA), so an instance avoided after a slow spell is
+   * tried again after a while instead of never, however light the load.
+   */
+  latencyForCost (now: number): number {
+    const idle = Math.max(0, now - this.latencyAt)
+    return Math.max(this.latencyMs * Math.exp(-idle / DECAY_MS), MIN_LATENCY_MS)
+  }
+
+  /** Whether any answer of it was timed yet (else latencyMs is the default guess). */
+  get measured (): boolean {
+    return this.answers > 0
   }
 
   /**
@@ -192,18 +203,24 @@ export class ServicePeers {
  * wins (then the first drawn, at random); only a clearer difference weighs latency into the
  * choice. Ranking on noise alone piled the load on whichever instance had the quietest ten
  * seconds: splits of 19/26/55 over three equal instances, where this gives 33 ± 1.5% each.
+ *
+ * An instance never measured wins when drawn while idle: one answer tells more than the
+ * default guess, and beside a fast instance under light load that guess would keep a new
+ * instance (one just started for more capacity) from ever being tried.
  */
-export function pickP2C (peers: readonly PeerState[], random: () => number = Math.random): PeerState | undefined {
+export function pickP2C (peers: readonly PeerState[], now: number, random: () => number = Math.random): PeerState | undefined {
   if (peers.length <= 1) return peers[0]
   const a = Math.floor(random() * peers.length)
   let b = Math.floor(random() * (peers.length - 1))
   if (b >= a) b++
   const first = peers[a]
   const second = peers[b]
-  const firstLatency = first.latencyForCost()
-  const secondLatency = second.latencyForCost()
+  if (!first.measured && first.inflight === 0) return first
+  if (!second.measured && second.inflight === 0) return second
+  const firstLatency = first.latencyForCost(now)
+  const secondLatency = second.latencyForCost(now)
   if (firstLatency <= secondLatency * LATENCY_TOLERANCE && secondLatency <= firstLatency * LATENCY_TOLERANCE) {
     return second.inflight < first.inflight ? second : first
   }
-  return second.cost() < first.cost() ? second : first
+  return second.cost(now) < first.cost(now) ? second : first
 }

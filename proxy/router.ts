@@ -98,7 +98,7 @@ export class Router {
       void this.discover(entry).catch(() => {})
     }
     if (candidates.length === 0) return await this.coldStart(entry)
-    const chosen = pickP2C(candidates, this.random) as PeerState
+    const chosen = pickP2C(candidates, now, this.random) as PeerState
     if (chosen.rttMs > entry.peers.limits.softRttMs) this.improve(entry, chosen.rttMs)
     return chosen
   }

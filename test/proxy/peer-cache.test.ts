@@ -133,7 +133,7 @@ describe('peak EWMA and power of two choices', () => {
     t.advance(60_000)
     pa.observeLatency(0.2, t.now())
     pb.observeLatency(0.9, t.now())
-    expect(pa.cost()).toBe(pb.cost())
+    expect(pa.cost(t.now())).toBe(pb.cost(t.now()))
   })
 
   it('avoids a peer more than twice as costly, and shows a slow new peer within two answers', async () => {
@@ -146,7 +146,7 @@ describe('peak EWMA and power of two choices', () => {
     warmUp(fast, 5, t.now())
     slow.observeLatency(200, t.now())
     slow.observeLatency(200, t.now())
-    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(fast)
+    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([fast, slow], t.now(), () => r)).toBe(fast)
   })
 
   it('takes latency estimates within a factor of two as equal: fewer in flight wins, then the first drawn', async () => {
@@ -160,11 +160,11 @@ describe('peak EWMA and power of two choices', () => {
     warmUp(pb, 10, t.now())
     pa.observeLatency(19, t.now())
     // Slower by less than 2×: the draw decides.
-    expect(pickP2C([pa, pb], () => 0)).toBe(pa)
-    expect(pickP2C([pa, pb], () => 0.99)).toBe(pb)
+    expect(pickP2C([pa, pb], t.now(), () => 0)).toBe(pa)
+    expect(pickP2C([pa, pb], t.now(), () => 0.99)).toBe(pb)
     // Equal enough, and the faster one is busier: the idle one wins whichever is drawn first.
     pb.inflight = 1
-    for (const r of [0, 0.99]) expect(pickP2C([pa, pb], () => r)).toBe(pa)
+    for (const r of [0, 0.99]) expect(pickP2C([pa, pb], t.now(), () => r)).toBe(pa)
   })
 
   it('weighs a clearer latency difference against requests in flight', async () => {
@@ -178,32 +178,75 @@ describe('peak EWMA and power of two choices', () => {
     warmUp(slow, 12, t.now())
     // 5 ms × 2 in flight beats 12 ms idle; 5 ms × 3 does not.
     fast.inflight = 1
-    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(fast)
+    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], t.now(), () => r)).toBe(fast)
     fast.inflight = 2
-    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], () => r)).toBe(slow)
+    for (const r of [0, 0.99]) expect(pickP2C([fast, slow], t.now(), () => r)).toBe(slow)
+  })
+
+  it('tries a never-measured peer when it is drawn idle, even beside a faster one', async () => {
+    const [a, b] = await peerIds(2)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
+    const known = peers.add(a, 5)
+    const fresh = peers.add(b, 5)
+    if (known == null || fresh == null) throw new Error('not admitted')
+    warmUp(known, 2, t.now())
+    // The default guess (30 ms) alone would lose to 2 ms whichever pair is drawn.
+    for (const r of [0, 0.99]) expect(pickP2C([known, fresh], t.now(), () => r)).toBe(fresh)
+    // One probe at a time; once it has answered, its measured latency competes.
+    fresh.inflight = 1
+    for (const r of [0, 0.99]) expect(pickP2C([known, fresh], t.now(), () => r)).toBe(known)
+    fresh.inflight = 0
+    fresh.observeLatency(3, t.now())
+    expect(fresh.measured).toBe(true)
+    expect(pickP2C([known, fresh], t.now(), () => 0)).toBe(known)
+  })
+
+  it('lets the estimate of a peer no answer renewed decay, so an avoided peer is tried again', async () => {
+    const [a, b] = await peerIds(2)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
+    const steady = peers.add(a, 5)
+    const avoided = peers.add(b, 5)
+    if (steady == null || avoided == null) throw new Error('not admitted')
+    warmUp(steady, 5, t.now())
+    warmUp(avoided, 5, t.now())
+    avoided.observeLatency(100, t.now())
+    expect(pickP2C([steady, avoided], t.now(), () => 0.99)).toBe(steady)
+    // 30 s on, only the steady one was answering: 100 ms × e^-3 ≈ 5 ms, equal again.
+    for (let s = 0; s < 30; s++) {
+      t.advance(1000)
+      steady.observeLatency(5, t.now())
+    }
+    expect(avoided.latencyForCost(t.now())).toBeCloseTo(100 * Math.exp(-3), 5)
+    expect(pickP2C([steady, avoided], t.now(), () => 0.99)).toBe(avoided)
+    // One renewed every second is barely touched by the decay.
+    expect(steady.latencyForCost(t.now())).toBeGreaterThan(4.5)
   })
 
   it('weighs requests in flight into the cost', async () => {
     const [a, b] = await peerIds(2)
-    const peers = new ServicePeers(limits, clock().now)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
     const pa = peers.add(a, 5)
     const pb = peers.add(b, 5)
     if (pa == null || pb == null) throw new Error('not admitted')
     pa.inflight = 3
-    expect(pa.cost()).toBe(DEFAULT_LATENCY_MS * 4)
+    expect(pa.cost(t.now())).toBe(DEFAULT_LATENCY_MS * 4)
     // Whichever pair is drawn, the idle one wins.
-    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([pa, pb], () => r)).toBe(pb)
+    for (const r of [0, 0.3, 0.6, 0.99]) expect(pickP2C([pa, pb], t.now(), () => r)).toBe(pb)
   })
 
   it('spreads evenly over equal peers', async () => {
     const ids = await peerIds(3)
-    const peers = new ServicePeers(limits, clock().now)
+    const t = clock()
+    const peers = new ServicePeers(limits, t.now)
     const states = ids.map(id => peers.add(id, 5)).filter(p => p != null)
     let seed = 42
     const random = (): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31 }
     const counts = new Map<string, number>()
     for (let i = 0; i < 3000; i++) {
-      const chosen = pickP2C(states, random)
+      const chosen = pickP2C(states, t.now(), random)
       if (chosen != null) counts.set(chosen.key, (counts.get(chosen.key) ?? 0) + 1)
     }
     for (const count of counts.values()) expect(Math.abs(count / 3000 - 1 / 3)).toBeLessThan(0.05)
