@@ -81,11 +81,17 @@ describe('peak EWMA and power of two choices', () => {
     for (let i = 0; i < WARMUP_ANSWERS; i++) peer.observeLatency(ms, now)
   }
 
-  it('starts unknown peers at the default cost and averages a new peer\'s first answers', async () => {
-    const [a] = await peerIds(1)
+  /** `n` peers admitted at `rttMs` into one service's cache, with the clock the test moves. */
+  async function admitted (n: number, rttMs = 5): Promise<{ t: ReturnType<typeof clock>, peers: PeerState[] }> {
     const t = clock()
-    const peer = new ServicePeers(limits, t.now).add(a, 5)
-    if (peer == null) throw new Error('not admitted')
+    const cache = new ServicePeers(limits, t.now)
+    const peers = (await peerIds(n)).map(id => cache.add(id, rttMs))
+    if (peers.some(p => p == null)) throw new Error('not admitted')
+    return { t, peers: peers as PeerState[] }
+  }
+
+  it('starts unknown peers at the default cost and averages a new peer\'s first answers', async () => {
+    const { t, peers: [peer] } = await admitted(1)
     expect(peer.latencyMs).toBe(DEFAULT_LATENCY_MS)
     // One cold answer among quick ones does not hold the estimate up.
     peer.observeLatency(150, t.now())
@@ -95,10 +101,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('takes a higher observation at once once warmed up', async () => {
-    const [a] = await peerIds(1)
-    const t = clock()
-    const peer = new ServicePeers(limits, t.now).add(a, 5)
-    if (peer == null) throw new Error('not admitted')
+    const { t, peers: [peer] } = await admitted(1)
     warmUp(peer, 5, t.now())
     expect(peer.latencyMs).toBeLessThan(6)
     peer.observeLatency(80, t.now())
@@ -106,10 +109,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('decays lower observations in with a ~10 s time constant', async () => {
-    const [a] = await peerIds(1)
-    const t = clock()
-    const peer = new ServicePeers(limits, t.now).add(a, 5)
-    if (peer == null) throw new Error('not admitted')
+    const { t, peers: [peer] } = await admitted(1)
     warmUp(peer, 0, t.now())
     peer.observeLatency(100, t.now())
     t.advance(10_000)
@@ -122,12 +122,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('counts estimates below 1 ms as 1 ms, so sub-millisecond noise does not decide', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const pa = peers.add(a, 0)
-    const pb = peers.add(b, 0)
-    if (pa == null || pb == null) throw new Error('not admitted')
+    const { t, peers: [pa, pb] } = await admitted(2, 0)
     warmUp(pa, 0.2, t.now())
     warmUp(pb, 0.9, t.now())
     t.advance(60_000)
@@ -137,12 +132,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('avoids a peer more than twice as costly, and shows a slow new peer within two answers', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const fast = peers.add(a, 5)
-    const slow = peers.add(b, 5)
-    if (fast == null || slow == null) throw new Error('not admitted')
+    const { t, peers: [fast, slow] } = await admitted(2)
     warmUp(fast, 5, t.now())
     slow.observeLatency(200, t.now())
     slow.observeLatency(200, t.now())
@@ -150,12 +140,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('takes latency estimates within a factor of two as equal: fewer in flight wins, then the first drawn', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const pa = peers.add(a, 5)
-    const pb = peers.add(b, 5)
-    if (pa == null || pb == null) throw new Error('not admitted')
+    const { t, peers: [pa, pb] } = await admitted(2)
     warmUp(pa, 10, t.now())
     warmUp(pb, 10, t.now())
     pa.observeLatency(19, t.now())
@@ -168,12 +153,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('weighs a clearer latency difference against requests in flight', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const fast = peers.add(a, 5)
-    const slow = peers.add(b, 5)
-    if (fast == null || slow == null) throw new Error('not admitted')
+    const { t, peers: [fast, slow] } = await admitted(2)
     warmUp(fast, 5, t.now())
     warmUp(slow, 12, t.now())
     // 5 ms × 2 in flight beats 12 ms idle; 5 ms × 3 does not.
@@ -184,12 +164,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('tries a never-measured peer when it is drawn idle, even beside a faster one', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const known = peers.add(a, 5)
-    const fresh = peers.add(b, 5)
-    if (known == null || fresh == null) throw new Error('not admitted')
+    const { t, peers: [known, fresh] } = await admitted(2)
     warmUp(known, 2, t.now())
     // The default guess (30 ms) alone would lose to 2 ms whichever pair is drawn.
     for (const r of [0, 0.99]) expect(pickP2C([known, fresh], t.now(), () => r)).toBe(fresh)
@@ -203,12 +178,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('lets the estimate of a peer no answer renewed decay, so an avoided peer is tried again', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const steady = peers.add(a, 5)
-    const avoided = peers.add(b, 5)
-    if (steady == null || avoided == null) throw new Error('not admitted')
+    const { t, peers: [steady, avoided] } = await admitted(2)
     warmUp(steady, 5, t.now())
     warmUp(avoided, 5, t.now())
     avoided.observeLatency(100, t.now())
@@ -225,12 +195,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('weighs requests in flight into the cost', async () => {
-    const [a, b] = await peerIds(2)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const pa = peers.add(a, 5)
-    const pb = peers.add(b, 5)
-    if (pa == null || pb == null) throw new Error('not admitted')
+    const { t, peers: [pa, pb] } = await admitted(2)
     pa.inflight = 3
     expect(pa.cost(t.now())).toBe(DEFAULT_LATENCY_MS * 4)
     // Whichever pair is drawn, the idle one wins.
@@ -238,10 +203,7 @@ describe('peak EWMA and power of two choices', () => {
   })
 
   it('spreads evenly over equal peers', async () => {
-    const ids = await peerIds(3)
-    const t = clock()
-    const peers = new ServicePeers(limits, t.now)
-    const states = ids.map(id => peers.add(id, 5)).filter(p => p != null)
+    const { t, peers: states } = await admitted(3)
     let seed = 42
     const random = (): number => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed / 2 ** 31 }
     const counts = new Map<string, number>()
