@@ -124,7 +124,8 @@ export class ProcessRuntime implements Runtime {
   async removeOrphans (allocatorPeerId: string): Promise<number> {
     if (process.platform !== 'linux') return 0
     const mark = `${ALLOCATOR_ENV}=${allocatorPeerId}`
-    const ours = new Set([...this.live.values()].map(proc => proc.pgid))
+    // Never our own group (an allocator may itself run under an app's environment).
+    const ours = new Set([...this.live.values()].map(proc => proc.pgid).concat(readProcStat(process.pid)?.pgrp ?? []))
     const groups = new Set<number>()
     for (const entry of readdirSync('/proc')) {
       if (!/^\d+$/.test(entry)) continue
@@ -136,7 +137,7 @@ export class ProcessRuntime implements Runtime {
       }
       if (!environ.split('\0').includes(mark)) continue
       const stat = readProcStat(Number(entry))
-      if (stat != null && stat.state !== 'Z' && !ours.has(stat.pgrp) && stat.pgrp !== process.pid) groups.add(stat.pgrp)
+      if (stat != null && stat.state !== 'Z' && !ours.has(stat.pgrp)) groups.add(stat.pgrp)
     }
     for (const pgid of groups) {
       this.init.log.info({ pgid }, 'removing an app process group an earlier run left')

@@ -207,21 +207,20 @@ export class Autoscaler {
     const min = record.minInstances ?? 0
     this.nextFloorCheckAt = this.now() + this.floorCheckMs
     const self = node.peerId.toString()
-    let live: Set<string> | undefined
+    // Fresh walks (a cached count from before the last start would ask for one too many),
+    // and a shortfall seen twice: a walk cut short by its deadline misses instances, and
+    // acting on it would start one more than the floor.
+    const walk = async (): Promise<Set<string>> => new Set([self, ...await this.init.instances.providers(record, this.lifetime.signal, 0)])
+    let live: Set<string>
     try {
-      // Fresh walks (a cached count from before the last start would ask for one too many),
-      // and a shortfall seen twice: a walk cut short by its deadline misses instances, and
-      // acting on it would start one more than the floor.
-      for (let walk = 0; walk < 2 && (live == null || live.size < min); walk++) {
-        live = new Set(await this.init.instances.providers(record, this.lifetime.signal, 0))
-        live.add(self)
-      }
+      live = await walk()
+      if (live.size < min) live = await walk()
     } catch (err) {
       if (this.lifetime.signal.aborted) return 'stopped'
       this.init.log.debug({ service: record.name, err: (err as Error).message }, 'instance count failed')
       return 'floor_left_to_peer'
     }
-    if (live == null || live.size >= min) return 'floor_met'
+    if (live.size >= min) return 'floor_met'
     if ([...live].sort()[0] !== self) return 'floor_left_to_peer'
     const decision = await this.scaleUp('min_instances', { instances: live.size, minInstances: min })
     // The new instance is advertised before its allocation is answered: count again at the next check.

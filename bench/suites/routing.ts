@@ -185,8 +185,8 @@ async function spreadThenKill (ctx: SuiteContext, total: number, killAt: number)
     const spreadWorker = async (): Promise<void> => {
       while (spreadSent < total) {
         spreadSent++
-        const answer = await get(url, agent)
-        spreadBy[answer.body.trim()] = (spreadBy[answer.body.trim()] ?? 0) + 1
+        const servedBy = (await get(url, agent)).body.trim()
+        spreadBy[servedBy] = (spreadBy[servedBy] ?? 0) + 1
       }
     }
     await Promise.all([spreadWorker(), spreadWorker(), spreadWorker(), spreadWorker()])
