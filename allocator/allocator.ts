@@ -1,20 +1,19 @@
 import { randomBytes } from 'node:crypto'
 import { availableParallelism, totalmem } from 'node:os'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
+import { raceSignal } from '../shared/abort.js'
 import { Announcer } from '../shared/announcer.js'
 import { allocatorCid } from '../shared/cids.js'
 import { InstanceCounter, MinInstancesGuard } from '../shared/instance-count.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
+import type { OriginRecordSource } from '../shared/registry/registry.js'
+import { checkTrust, instanceCap, PeerRateLimiter, type PeerRateLimiterInit } from './admission.js'
 import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from './alloc-protocol.js'
 import { AllocationError } from './errors.js'
 import { freeLocalPort, type Runtime } from './runtime.js'
 import { InstanceSupervisor, type Sidecar, type SupervisorEvent } from './supervisor.js'
-
-export interface RecordSource {
-  resolve: (name: string, options?: { signal?: AbortSignal }) => Promise<ServiceRecord | undefined>
-}
 
 export interface SidecarStarter {
   start: (service: string, app: { host: string, port: number }, signal?: AbortSignal) => Promise<Sidecar>
@@ -22,7 +21,13 @@ export interface SidecarStarter {
 
 export interface AllocatorInit {
   node: MeshNode
-  registry: RecordSource
+  registry: OriginRecordSource
+  /** RegistryKeys: who may sign the DHT records this allocator runs (empty: static records only). */
+  trustedSigners?: readonly string[]
+  /** Perf.TargetRps: records without their own targetRps autoscale on it (so may have several instances here). */
+  defaultTargetRps?: number
+  /** Per requesting peer limits on allocation requests. */
+  admission?: PeerRateLimiterInit
   runtime: Runtime
   sidecars: SidecarStarter
   log: Logger
@@ -52,7 +57,12 @@ export class Allocator {
   private readonly floor: MinInstancesGuard
   private readonly instanceCounter: InstanceCounter
   private announcer?: Announcer
-  private pending = 0
+  /** Starts admitted but without a supervisor yet, by service: each counts once, here or as a supervisor. */
+  private readonly reserved = new Map<string, number>()
+  private readonly starts = new WeakMap<InstanceSupervisor, Promise<AllocInstance>>()
+  private readonly rateLimiter: PeerRateLimiter
+  /** Services whose untrusted record was logged, so a flood logs once per service. */
+  private readonly untrustedLogged = new Set<string>()
   private stopping = false
   private readonly capacity: { cpus: number, memoryMb: number }
   private readonly counters: {
@@ -67,6 +77,7 @@ export class Allocator {
     this.capacity = init.capacity ?? { cpus: availableParallelism(), memoryMb: Math.floor(totalmem() / 1024 / 1024 * 0.9) }
     this.instanceCounter = new InstanceCounter({ node: init.node, log: init.log })
     this.floor = new MinInstancesGuard({ counter: this.instanceCounter, log: init.log })
+    this.rateLimiter = new PeerRateLimiter(init.admission)
     const registers = [this.metrics]
     collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_allocator_' })
     this.counters = {
@@ -94,8 +105,9 @@ export class Allocator {
     const removed = await runtime.removeOrphans(node.peerId.toString())
     this.floor.start()
     if (removed > 0) log.info({ removed }, 'removed instances left by an earlier run')
-    await node.handle(ALLOC_PROTOCOL, stream => {
-      void serveAllocStream(stream, async (service, signal) => await this.allocate(service, signal), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
+    await node.handle(ALLOC_PROTOCOL, (stream, connection) => {
+      const requester = connection.remotePeer.toString()
+      void serveAllocStream(stream, async (service, signal) => await this.allocate(service, signal, requester), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
         .then(answer => {
           if (!answer.ok) log.debug({ code: answer.error.code, err: answer.error.message }, 'allocation refused')
         })
@@ -118,29 +130,42 @@ export class Allocator {
     return [...this.supervisors].map(s => ({ service: s.service, state: s.state, relaunches: s.relaunches, peerId: s.peerId }))
   }
 
-  /** Starts an instance of SERVICE; resolves once it is healthy and advertised. */
-  async allocate (service: string, signal?: AbortSignal): Promise<AllocInstance> {
+  /**
+   * Starts an instance of SERVICE for REQUESTER (a peer ID; none: this process); resolves once
+   * it is healthy and advertised. Where the service already has all the instances it may have
+   * here, resolves with one of those instead.
+   */
+  async allocate (service: string, signal?: AbortSignal, requester?: string): Promise<AllocInstance> {
     const started = performance.now()
+    // Metric label: names come from peers, so only a service this allocator may run has its own.
+    let label = 'other'
     try {
       if (this.stopping) throw new AllocationError('shutting_down', 'the allocator is shutting down')
-      const record = await this.init.registry.resolve(service, { signal })
-      if (record == null) throw new AllocationError('unknown_service', `no valid registry record for '${service}'`)
+      if (requester != null && !this.rateLimiter.tryTake(requester)) throw new AllocationError('rate_limited', 'too many allocation requests from this peer: try again later')
+      const record = await this.trustedRecord(service, signal)
+      label = service
       if (record.image != null && this.init.runtime.kind !== 'docker') throw new AllocationError('runtime_unavailable', `'${service}' runs a Docker image and this allocator runs the ${this.init.runtime.kind} runtime`)
       if (record.command != null && this.init.runtime.kind !== 'process') throw new AllocationError('runtime_unavailable', `'${service}' runs a command and this allocator runs the ${this.init.runtime.kind} runtime`)
+      const existing = this.atCap(record)
+      if (existing != null) return await raceSignal(existing, signal)
       this.checkCapacity(record)
-      if (record.maxInstances != null) {
-        // Mesh-wide, as far as the DHT shows: live providers of the service.
-        const running = await this.instanceCounter.count(record, signal, 0)
-        if (running >= record.maxInstances) throw new AllocationError('capacity', `'${service}' already runs its maxInstances of ${record.maxInstances} in the mesh`)
-      }
-      this.pending++
+      // From here until its supervisor exists the start holds a place, so concurrent requests
+      // see it (once: the reservation ends as the supervisor is added).
+      this.reserve(service, 1)
+      let reserved = true
       let supervisor: InstanceSupervisor | undefined
       try {
+        if (record.maxInstances != null) {
+          // Mesh-wide, as far as the DHT shows: live providers of the service.
+          const running = await this.instanceCounter.count(record, signal, 0)
+          if (running >= record.maxInstances) throw new AllocationError('capacity', `'${service}' already runs its maxInstances of ${record.maxInstances} in the mesh`)
+        }
+        const hostPort = await freeLocalPort()
         supervisor = new InstanceSupervisor({
           runtime: this.init.runtime,
-          spec: { instanceId: `${service}-${randomBytes(4).toString('hex')}`, record, hostPort: await freeLocalPort(), allocatorPeerId: this.init.node.peerId.toString() },
+          spec: { instanceId: `${service}-${randomBytes(4).toString('hex')}`, record, hostPort, allocatorPeerId: this.init.node.peerId.toString() },
           startSidecar: async (app, options) => {
-            const sidecar = await this.init.sidecars.start(service, app, signal != null ? AbortSignal.any([signal, options.signal]) : options.signal)
+            const sidecar = await this.init.sidecars.start(service, app, options.signal)
             // The supervisor stops the sidecar first when it ends the instance: from then on
             // it must not count toward the service's minInstances.
             return { ...sidecar, stop: async () => { if (supervisor != null) this.floor.leaving(supervisor); await sidecar.stop() } }
@@ -155,27 +180,67 @@ export class Allocator {
           onEvent: event => { this.onEvent(service, event, supervisor) }
         })
         this.supervisors.add(supervisor)
+        this.reserve(service, -1)
+        reserved = false
         this.floor.add(supervisor, record)
-        const instance = await supervisor.start()
+        // Not the requester's signal: others may come to share this start, and a start the
+        // first requester gave up on still ends in a usable instance (or a clean failure).
+        const start = supervisor.start()
+        this.starts.set(supervisor, start)
+        const instance = await raceSignal(start, signal)
         this.counters.starts.inc({ service })
         this.counters.latency.observe({ service }, (performance.now() - started) / 1000)
         this.init.log.info({ service, peer: instance.peerId, ms: Math.round(performance.now() - started) }, 'instance allocated')
         return instance
       } catch (err) {
-        if (supervisor != null) {
+        if (supervisor != null && supervisor.state === 'failed') {
           this.supervisors.delete(supervisor)
           this.floor.remove(supervisor)
         }
         throw err
       } finally {
-        this.pending--
+        if (reserved) this.reserve(service, -1)
       }
     } catch (err) {
       const coded = err instanceof AllocationError ? err : new AllocationError('internal', (err as Error).message, { cause: err })
-      this.counters.failures.inc({ service, code: coded.code })
-      this.init.log.warn({ service, code: coded.code, err: coded.message }, 'allocation failed')
+      this.counters.failures.inc({ service: label, code: coded.code })
+      this.init.log.warn({ service, code: coded.code, err: coded }, 'allocation failed')
       throw coded
     }
+  }
+
+  /** The record for SERVICE if this allocator may run it; an AllocationError saying why not. */
+  private async trustedRecord (service: string, signal?: AbortSignal): Promise<ServiceRecord> {
+    const resolved = await this.init.registry.resolveWithOrigin(service, { signal })
+    if (resolved == null) throw new AllocationError('unknown_service', `no valid registry record for '${service}'`)
+    const untrusted = checkTrust(resolved, this.init.trustedSigners ?? [])
+    if (untrusted == null) return resolved.record
+    if (!this.untrustedLogged.has(service)) {
+      if (this.untrustedLogged.size >= 1024) this.untrustedLogged.clear()
+      this.untrustedLogged.add(service)
+      this.init.log.warn({ service, origin: resolved.origin, err: untrusted.message }, 'refusing to run an untrusted record')
+    }
+    throw untrusted
+  }
+
+  /**
+   * When the service has all the instances it may have here: a start to share (one that is
+   * healthy or starting), else a capacity error. Undefined while there is room.
+   */
+  private atCap (record: ServiceRecord): Promise<AllocInstance> | undefined {
+    const cap = instanceCap(record, this.init.defaultTargetRps)
+    const mine = [...this.supervisors].filter(s => s.service === record.name && LIVE_STATES.has(s.state))
+    if (mine.length + (this.reserved.get(record.name) ?? 0) < cap) return undefined
+    const usable = mine.find(s => s.state === 'healthy') ?? mine.find(s => s.state === 'starting')
+    const start = usable != null ? this.starts.get(usable) : undefined
+    if (start == null) throw new AllocationError('capacity', `'${record.name}' already runs the ${cap} instance${cap === 1 ? '' : 's'} it may have on this allocator`)
+    return start
+  }
+
+  private reserve (service: string, delta: number): void {
+    const count = (this.reserved.get(service) ?? 0) + delta
+    if (count > 0) this.reserved.set(service, count)
+    else this.reserved.delete(service)
   }
 
   private onEvent (service: string, event: SupervisorEvent, supervisor: InstanceSupervisor | undefined): void {
@@ -190,7 +255,9 @@ export class Allocator {
   private checkCapacity (record: ServiceRecord): void {
     const live = [...this.supervisors].filter(s => LIVE_STATES.has(s.state))
     const max = this.init.maxInstances ?? 16
-    if (live.length + this.pending >= max) throw new AllocationError('capacity', `this allocator runs its maximum of ${max} instances`)
+    let reserved = 0
+    for (const count of this.reserved.values()) reserved += count
+    if (live.length + reserved >= max) throw new AllocationError('capacity', `this allocator runs its maximum of ${max} instances`)
     const cpus = live.reduce((sum, s) => sum + (s.record.cpu ?? 0), 0)
     if ((record.cpu ?? 0) > this.capacity.cpus - cpus) throw new AllocationError('capacity', `not enough CPU left: '${record.name}' wants ${record.cpu}, ${Math.max(0, this.capacity.cpus - cpus)} of ${this.capacity.cpus} left`)
     const memory = live.reduce((sum, s) => sum + (s.record.memoryMb ?? 0), 0)

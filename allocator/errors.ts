@@ -21,8 +21,12 @@ export type AllocationErrorCode =
   | 'bad_request'
   /** No valid signed registry record (nor static record) names the service. */
   | 'unknown_service'
-  /** No room: --max-instances, or the cpu/memory the record asks for. */
+  /** No room: --max-instances, the service's own cap, or the cpu/memory the record asks for. */
   | 'capacity'
+  /** The record comes from the DHT and no key in RegistryKeys signed it (DESIGN.md's trust rule). */
+  | 'untrusted_record'
+  /** The asking peer sent more requests than the allocator takes from one peer. */
+  | 'rate_limited'
   /** The allocator is stopping. */
   | 'shutting_down'
   | 'internal'

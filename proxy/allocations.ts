@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
@@ -15,7 +16,12 @@ export interface AllocationsInit {
   log: Logger
   /** How long requests are held for a cold start before they get a 504. */
   coldStartTimeoutMs?: number
+  /** How long a cold start keeps asking the DHT for allocators when it finds none. */
+  discoveryRetryMs?: number
 }
+
+/** Long enough for a mesh that is still starting; short enough that a mesh with no allocator says so. */
+const DISCOVERY_RETRY_MS = 10_000
 
 /**
  * Asks allocators for instances: a cold start when a service has none within its hard RTT
@@ -54,7 +60,7 @@ export class Allocations {
     const started = performance.now()
     const deadline = AbortSignal.timeout(this.coldStartTimeoutMs)
     try {
-      const allocators = await this.init.finder.discover(await allocatorCid(), hardRttMs, deadline)
+      const allocators = await this.findAllocators(hardRttMs, deadline)
       if (allocators.length === 0) throw new MeshError(503, 'no_allocator', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms, and no allocator within it to start one`)
       const instance = await this.requestFrom(allocators, record, hardRttMs, deadline)
       this.init.log.info({ service: record.name, instance: instance.id.toString(), rttMs: instance.rttMs, ms: Math.round(performance.now() - started) }, 'cold start: instance allocated')
@@ -62,6 +68,22 @@ export class Allocations {
     } catch (err) {
       if (deadline.aborted) throw new MeshError(504, 'cold_start_timeout', `no instance of '${record.name}' was ready within ${this.coldStartTimeoutMs} ms`)
       throw err
+    }
+  }
+
+  /**
+   * Allocators within the hard RTT. An empty answer is asked again, backing off, until the
+   * deadline or the discovery budget: just after start-up (or a partition) the DHT may not
+   * know any yet, and one empty walk is no proof there are none (the Go original retried too).
+   */
+  private async findAllocators (hardRttMs: number, deadline: AbortSignal): Promise<Candidate[]> {
+    const cid = await allocatorCid()
+    const giveUpAt = performance.now() + Math.min(this.coldStartTimeoutMs, this.init.discoveryRetryMs ?? DISCOVERY_RETRY_MS)
+    for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
+      const found = await this.init.finder.discover(cid, hardRttMs, deadline)
+      if (found.length > 0 || deadline.aborted || performance.now() + wait > giveUpAt) return found
+      this.init.log.debug({ retryInMs: wait }, 'no allocator found yet: asking the DHT again')
+      await delay(wait, undefined, { signal: deadline }).catch(() => {})
     }
   }
 

@@ -29,7 +29,18 @@ export interface ForwardHeaders {
   forwardedFor?: string
   /** Set as X-Forwarded-Prefix (requests only): the app prefix the client proxy removed. */
   forwardedPrefix?: string
+  /**
+   * The remote peer a request came from (server side). What a peer says about where the
+   * request came from is only its word: Forwarded, X-Forwarded-For and X-Real-IP as sent are
+   * dropped, and `Forwarded: for="_<peer ID>"` says what this proxy knows.
+   */
+  peer?: string
+  /** Host to add when the request has none (HTTP/1.0 allows that; the app may not). */
+  defaultHost?: string
 }
+
+/** Set by a peer, these could claim any origin; the server side replaces them. */
+const CLAIMS_ORIGIN = new Set(['forwarded', 'x-forwarded-for', 'x-real-ip'])
 
 /**
  * Copies raw headers (names and order byte-exact) without hop-by-hop ones, and adds Via and,
@@ -40,10 +51,13 @@ export function forwardRawHeaders (raw: string[], extra: ForwardHeaders = {}): s
   const out: string[] = []
   let via: string | undefined
   let forwardedFor: string | undefined
+  let hasHost = false
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i]
     const lower = name.toLowerCase()
     if (HOP_BY_HOP.has(lower) || listed?.has(lower) === true) continue
+    if (extra.peer != null && CLAIMS_ORIGIN.has(lower)) continue
+    if (lower === 'host') hasHost = true
     if (lower === 'via') {
       via = via == null ? raw[i + 1] : `${via}, ${raw[i + 1]}`
       continue
@@ -55,7 +69,10 @@ export function forwardRawHeaders (raw: string[], extra: ForwardHeaders = {}): s
     if (extra.forwardedPrefix != null && lower === 'x-forwarded-prefix') continue
     out.push(name, raw[i + 1])
   }
+  if (!hasHost && extra.defaultHost != null) out.unshift('Host', extra.defaultHost)
   out.push('Via', via == null ? VIA : `${via}, ${VIA}`)
+  // RFC 7239 §6.3: an obfuscated identifier starts with an underscore (peer IDs are base58).
+  if (extra.peer != null) out.push('Forwarded', `for="_${extra.peer}"`)
   if (extra.forwardedFor != null) out.push('X-Forwarded-For', forwardedFor == null ? extra.forwardedFor : `${forwardedFor}, ${extra.forwardedFor}`)
   if (extra.forwardedPrefix != null) out.push('X-Forwarded-Prefix', extra.forwardedPrefix)
   return out

@@ -2,16 +2,22 @@ import { createServer, type IncomingMessage, type Server, type ServerResponse } 
 import { MeshError } from '../shared/errors.js'
 import { listenOnLoopback } from '../shared/listen.js'
 import type { Logger } from '../shared/log.js'
-import { SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
+import { SERVICE_NAME } from '../shared/registry/record.js'
+import type { RecordSource } from '../shared/registry/registry.js'
 import { answerClientError, sendError } from './errors.js'
 import type { MeshAgents } from './mesh-agents.js'
 import { mayRetry, relay, RelayError } from './relay.js'
 import type { RetryBudget } from './retry-budget.js'
 import type { Router } from './router.js'
 
-export interface RecordSource {
-  resolve: (name: string, options?: { signal?: AbortSignal }) => Promise<ServiceRecord | undefined>
-}
+/**
+ * The metric label of requests for no known service: names come from clients, and a label per
+ * made-up name would grow the metrics without bound.
+ */
+export const UNKNOWN_SERVICE = 'unknown'
+
+/** Status recorded for a request whose client went away first (nginx's convention). */
+export const CLIENT_CLOSED = 499
 
 export interface RequestObserver {
   (service: string, status: number, startedAt: number, retried: boolean): void
@@ -96,7 +102,7 @@ export class Ingress {
     this.handle(req, res).then(({ service, status, retried }) => {
       this.init.observe?.(service, status, startedAt, retried)
     }, (err: Error) => {
-      this.init.log.error({ err: err.message }, 'request handling failed')
+      this.init.log.error({ err }, 'request handling failed')
       sendError(res, 500, 'internal', 'internal proxy error')
     })
   }
@@ -106,11 +112,17 @@ export class Ingress {
     try {
       target = parseAppTarget(req.url)
     } catch (err) {
-      return this.fail(res, '', err as MeshError, false)
+      return this.fail(res, UNKNOWN_SERVICE, err as MeshError, false)
     }
-    const record = await this.init.registry.resolve(target.app)
+    let record
+    try {
+      record = await this.init.registry.resolve(target.app)
+    } catch (err) {
+      if (err instanceof MeshError) return this.fail(res, UNKNOWN_SERVICE, err, false)
+      throw err
+    }
     if (record == null) {
-      return this.fail(res, target.app, new MeshError(404, 'unknown_service', `no service named '${target.app}' in the registry`), false)
+      return this.fail(res, UNKNOWN_SERVICE, new MeshError(404, 'unknown_service', `no service named '${target.app}' in the registry`), false)
     }
 
     const { router, agents, retryBudget } = this.init
@@ -142,14 +154,23 @@ export class Ingress {
           onResponseStart: reused => { if (reused) chosen.observeLatency(performance.now() - sentAt, Date.now()) }
         })
         chosen.inflight--
+        router.report(record, chosen.key, result.status >= 500 ? 'failed' : 'ok')
         return { service: target.app, status: result.status, retried: attempt > 1 }
       } catch (err) {
         chosen.inflight--
         if (!(err instanceof RelayError)) throw err
+        // The client gave up: nothing to hold against the instance, no one to answer.
+        if (err.clientGone) return { service: target.app, status: CLIENT_CLOSED, retried: attempt > 1 }
         tried.add(chosen.key)
-        router.markFailed(record, chosen.key)
-        agents.drop(chosen.id)
-        this.init.log.warn({ service: target.app, peer: chosen.key, phase: err.phase, err: err.message }, 'instance failed a request')
+        if (err.phase === 'connect') {
+          // No stream could be had at all: the instance is gone, not just slow.
+          router.markFailed(record, chosen.key)
+          agents.drop(chosen.id)
+        } else if (!err.reusedConnection) {
+          // (A pooled stream the server had just closed is no fault of the instance.)
+          router.report(record, chosen.key, 'failed')
+        }
+        this.init.log.warn({ service: target.app, peer: chosen.key, phase: err.phase, err }, 'instance failed a request')
         if (attempt < MAX_ATTEMPTS && mayRetry(req, err) && (retryBudget?.tryWithdraw() ?? true)) continue
         if (err.timedOut) return this.fail(res, target.app, new MeshError(504, 'timeout', `the instance of '${target.app}' did not answer within ${this.responseTimeoutMs} ms`), attempt > 1)
         return this.fail(res, target.app, new MeshError(502, 'instance_failed', `the instance of '${target.app}' failed mid-request: ${err.message}`), attempt > 1)

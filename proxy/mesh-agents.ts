@@ -55,15 +55,22 @@ export class MeshAgents {
 
   /**
    * Closes the idle pooled streams to a peer that failed, so the next request opens a fresh
-   * one. Requests still in flight on it finish or fail on their own.
+   * one. Requests still in flight on it finish or fail on their own, unless `inFlight`: a
+   * peer that stopped answering pings will not answer them either, and failing them now lets
+   * them go elsewhere instead of waiting out the response timeout.
    */
-  drop (peer: PeerId): void {
+  drop (peer: PeerId, options: { inFlight?: boolean } = {}): void {
     const key = peer.toString()
     const agent = this.agents.get(key)
     if (agent == null) return
     this.agents.delete(key)
     for (const sockets of Object.values(agent.freeSockets)) {
       for (const socket of sockets ?? []) socket.destroy()
+    }
+    if (options.inFlight === true) {
+      for (const sockets of Object.values(agent.sockets)) {
+        for (const socket of sockets ?? []) socket.destroy(new Error('the instance stopped answering pings'))
+      }
     }
   }
 

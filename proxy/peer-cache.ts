@@ -30,6 +30,24 @@ export const WARMUP_ANSWERS = 50
  */
 export const LATENCY_TOLERANCE = 2
 
+/**
+ * Outlier detection, as Envoy does it: this many failed requests in a row (5xx answers,
+ * timeouts) eject an instance for a while; each ejection lasts longer than the last (base ×
+ * ejections, capped); and never more than a share of a service's instances is out at once.
+ */
+export interface OutlierPolicy {
+  consecutiveFailures: number
+  baseEjectionMs: number
+  maxEjectionMs: number
+  /** Share of the instances that may be ejected at once; one may always be. */
+  maxEjectedShare: number
+}
+
+export const OUTLIER_DEFAULTS: OutlierPolicy = { consecutiveFailures: 5, baseEjectionMs: 30_000, maxEjectionMs: 300_000, maxEjectedShare: 0.5 }
+
+/** What one request tells about the instance that served it. */
+export type RequestOutcome = 'ok' | 'failed'
+
 export class PeerState {
   readonly key: string
   /** Smoothed ping RTT (EWMA), ms. */
@@ -42,6 +60,12 @@ export class PeerState {
   inflight = 0
   /** Peak-EWMA latency estimate of its responses, ms. */
   latencyMs = DEFAULT_LATENCY_MS
+  /** Failed requests since its last good answer (outlier detection). */
+  consecutiveFailures = 0
+  /** Times it was ejected; each ejection lasts longer. Forgotten after a long good spell. */
+  ejections = 0
+  /** Until when it is ejected (0: it is not). */
+  ejectedUntil = 0
   private latencyAt: number
   private answers = 0
 
@@ -118,7 +142,35 @@ export type PingVerdict = 'kept' | 'dropped'
 export class ServicePeers {
   private readonly peers = new Map<string, PeerState>()
 
-  constructor (readonly limits: RttLimits, private readonly now: () => number) {}
+  constructor (readonly limits: RttLimits, private readonly now: () => number, private readonly outliers: OutlierPolicy = OUTLIER_DEFAULTS) {}
+
+  /**
+   * Records how a request to KEY went. Returns 'ejected' when this failure ejected it: then it
+   * takes no requests until its ejection ends (it stays cached and pinged meanwhile).
+   */
+  outcome (key: string, outcome: RequestOutcome): 'ejected' | undefined {
+    const peer = this.peers.get(key)
+    if (peer == null) return undefined
+    const now = this.now()
+    if (outcome === 'ok') {
+      peer.consecutiveFailures = 0
+      // A long good spell since the last ejection ends: the next one starts short again.
+      if (peer.ejections > 0 && peer.ejectedUntil !== 0 && now - peer.ejectedUntil > this.outliers.maxEjectionMs) {
+        peer.ejections = 0
+        peer.ejectedUntil = 0
+      }
+      return undefined
+    }
+    peer.consecutiveFailures++
+    if (peer.consecutiveFailures < this.outliers.consecutiveFailures || peer.ejectedUntil > now) return undefined
+    let ejected = 0
+    for (const other of this.peers.values()) if (other.ejectedUntil > now) ejected++
+    if (ejected + 1 > Math.max(1, Math.floor(this.peers.size * this.outliers.maxEjectedShare))) return undefined
+    peer.ejections++
+    peer.ejectedUntil = now + Math.min(this.outliers.baseEjectionMs * peer.ejections, this.outliers.maxEjectionMs)
+    peer.consecutiveFailures = 0
+    return 'ejected'
+  }
 
   get size (): number {
     return this.peers.size
@@ -169,13 +221,15 @@ export class ServicePeers {
     this.peers.delete(key)
   }
 
-  /** The peers of the best level that has any, without those in `exclude`. */
+  /** The peers of the best level that has any, without those in `exclude` or ejected. */
   bestLevel (exclude?: ReadonlySet<string>): PeerState[] {
     // One pass per request (this is on the request path): keep the peers of the best level seen.
     let best: PeerState[] = []
     let bestRank = LEVELS.length
+    let now: number | undefined
     for (const peer of this.peers.values()) {
       if (exclude?.has(peer.key) === true) continue
+      if (peer.ejectedUntil !== 0 && peer.ejectedUntil > (now ??= this.now())) continue
       const rank = LEVELS.indexOf(peer.level)
       if (rank < bestRank) {
         best = [peer]

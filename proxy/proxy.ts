@@ -9,7 +9,8 @@ import type { ServiceRecord } from '../shared/registry/record.js'
 import { Advertiser } from './advertiser.js'
 import { Autoscaler } from './autoscaler.js'
 import { Allocations } from './allocations.js'
-import { Ingress, type RecordSource } from './ingress.js'
+import { Ingress } from './ingress.js'
+import type { RecordSource } from '../shared/registry/registry.js'
 import { InstanceServer } from './instance-server.js'
 import { MeshAgents } from './mesh-agents.js'
 import { LEVELS } from './peer-cache.js'
@@ -88,7 +89,8 @@ export class Proxy {
       finder,
       allocations: new Allocations({ node: init.node, finder, log: init.log, coldStartTimeoutMs: init.coldStartTimeoutMs }),
       defaults: { softRttMs: init.config.softRttMs, hardRttMs: init.config.hardRttMs },
-      log: init.log
+      log: init.log,
+      onPeerGone: peer => { this.agents.drop(peer, { inFlight: true }) }
     })
     this.router = router
     new Gauge({

@@ -10,7 +10,7 @@ export type RelayPhase = 'connect' | 'request' | 'response'
 
 export class RelayError extends Error {
   override name = 'RelayError'
-  constructor (message: string, readonly phase: RelayPhase, readonly timedOut = false, readonly reusedConnection = false) {
+  constructor (message: string, readonly phase: RelayPhase, readonly timedOut = false, readonly reusedConnection = false, readonly clientGone = false) {
     super(message)
   }
 }
@@ -54,14 +54,14 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
       setHost: false
     })
 
-    const fail = (err: Error & { code?: string }, timedOut = false): void => {
+    const fail = (err: Error & { code?: string }, timedOut = false, clientGone = false): void => {
       if (settled) return
       settled = true
       clearTimeout(timer)
       req.unpipe(upstream)
       upstream.destroy()
       if (phase === 'response') res.destroy(err)
-      reject(new RelayError(err.message, phase, timedOut, upstream.reusedSocket && err.code === 'ECONNRESET'))
+      reject(new RelayError(err.message, phase, timedOut, upstream.reusedSocket && err.code === 'ECONNRESET', clientGone))
     }
 
     upstream.once('socket', () => {
@@ -96,9 +96,10 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
       })
     })
 
-    // The client went away: stop the upstream too, so nothing is left streaming.
+    // The client went away: stop the upstream too, so nothing is left streaming. Not the
+    // upstream's fault: callers must not hold it against the instance.
     res.once('close', () => {
-      if (!res.writableFinished) fail(new Error('client closed the connection'))
+      if (!res.writableFinished) fail(new Error('client closed the connection'), false, true)
     })
 
     if (req.readableEnded) {
@@ -129,7 +130,7 @@ export function hasNoBody (req: IncomingMessage): boolean {
  * that was streamed cannot be streamed again.
  */
 export function mayRetry (req: IncomingMessage, err: RelayError): boolean {
-  if (err.phase === 'response' || err.timedOut || !hasNoBody(req)) return false
+  if (err.clientGone || err.phase === 'response' || err.timedOut || !hasNoBody(req)) return false
   if (err.phase === 'connect' || err.reusedConnection) return true
   return IDEMPOTENT.has(req.method ?? '')
 }

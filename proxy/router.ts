@@ -3,7 +3,8 @@ import { MeshError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { Allocations } from './allocations.js'
-import { pickP2C, ServicePeers, type Level, type PeerState, type RttLimits } from './peer-cache.js'
+import type { PeerId } from '@libp2p/interface'
+import { pickP2C, ServicePeers, type Level, type OutlierPolicy, type PeerState, type RequestOutcome, type RttLimits } from './peer-cache.js'
 import type { PeerFinder } from './peer-finder.js'
 
 export type { RttLimits }
@@ -15,6 +16,9 @@ export interface RouterInit {
   log: Logger
   /** Cold starts and better instances; none: no instance within the hard RTT is a 503. */
   allocations?: Allocations
+  /** Called when an instance stops answering pings: what is in flight to it will not be answered. */
+  onPeerGone?: (peer: PeerId) => void
+  outliers?: OutlierPolicy
   /** How often cached peers are pinged (with ±20% jitter). */
   pingIntervalMs?: number
   /** How often the DHT is asked again for new instances of a service in use. */
@@ -103,10 +107,20 @@ export class Router {
     return chosen
   }
 
-  /** Drops an instance that failed a request; it returns only if the DHT offers it and it answers. */
+  /** Drops an instance that could not be reached; it returns only if the DHT offers it and it answers. */
   markFailed (record: ServiceRecord, peerKey: string): void {
     const cid = this.cids.get(record)
     if (cid != null) this.services.get(cid)?.peers.remove(peerKey)
+  }
+
+  /** How a request to an instance went, for outlier detection. */
+  report (record: ServiceRecord, peerKey: string, outcome: RequestOutcome): void {
+    const cid = this.cids.get(record)
+    const entry = cid != null ? this.services.get(cid) : undefined
+    if (entry?.peers.outcome(peerKey, outcome) === 'ejected') {
+      const peer = entry.peers.get(peerKey)
+      this.init.log.warn({ service: record.name, peer: peerKey, ejections: peer?.ejections, untilMs: peer != null ? peer.ejectedUntil - this.now() : undefined }, 'instance ejected after failing requests in a row')
+    }
   }
 
   /** The cache as JSON-friendly data, for `/peers` and metrics. */
@@ -130,7 +144,7 @@ export class Router {
     }
     let entry = this.services.get(cid)
     if (entry == null) {
-      entry = { record, cid, peers: new ServicePeers(this.limits(record), this.now), lastUsed: this.now(), discoveredAt: 0, improving: false, improveFailures: 0, improveAfter: 0 }
+      entry = { record, cid, peers: new ServicePeers(this.limits(record), this.now, this.init.outliers), lastUsed: this.now(), discoveredAt: 0, improving: false, improveFailures: 0, improveAfter: 0 }
       this.services.set(cid, entry)
     }
     return entry
@@ -202,6 +216,7 @@ export class Router {
           if (now - peer.lastPingAt < this.pingIntervalMs / 2) continue
           pings.push(this.init.finder.ping(peer.id, hardRttMs, undefined, Math.max(2 * hardRttMs, hardRttMs + 500)).then(rtt => {
             if (entry.peers.observePing(peer.key, rtt) === 'dropped') {
+              if (rtt == null) this.init.onPeerGone?.(peer.id)
               this.init.log.info({ service: entry.record.name, peer: peer.key, rttMs: rtt ?? null, hardRttMs }, rtt == null ? 'instance stopped answering: dropped' : 'instance over the hard RTT: dropped')
             }
           }))

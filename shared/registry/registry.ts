@@ -1,13 +1,32 @@
 import type { PrivateKey } from '@libp2p/interface'
-import { raceSignal } from '../abort.js'
+import { deadline, raceSignal } from '../abort.js'
+import { MeshError } from '../errors.js'
 import type { Logger } from '../log.js'
 import type { MeshNode } from '../node.js'
 import { SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from './record.js'
 import { registryKey, registryKeyString, signRecord, verifySignedRecord, type VerifiedRecord } from './signed-record.js'
 
+/** Where a resolved record came from: the operator's config, or the DHT (and who signed it). */
+export type RecordOrigin = { source: 'static' } | { source: 'dht', signer: string }
+
+export interface ResolvedRecord {
+  record: ServiceRecord
+  origin: RecordOrigin
+}
+
+/** What resolves service names to records: the Registry, or a test's stand-in. */
+export interface RecordSource {
+  resolve: (name: string, options?: { signal?: AbortSignal }) => Promise<ServiceRecord | undefined>
+}
+
+/** A RecordSource that also tells where each record came from, for the allocator's trust rule. */
+export interface OriginRecordSource extends RecordSource {
+  resolveWithOrigin: (name: string, options?: { signal?: AbortSignal }) => Promise<ResolvedRecord | undefined>
+}
+
 export interface RegistryInit {
   node: MeshNode
-  /** Records from the config file: used when the DHT has none for a name. */
+  /** Records from the config file: the operator's own, never overridden by the DHT. */
   staticRecords: Map<string, ServiceRecord>
   /** Peer IDs allowed to sign records (RegistryKeys); empty: any signer. */
   allowedSigners: readonly string[]
@@ -24,6 +43,8 @@ export interface RegistryInit {
   usedWindowMs?: number
   /** Most names to cache; bounds memory when requests name random services. */
   maxCacheEntries?: number
+  /** Most DHT lookups at once; beyond it a name not cached is answered 503 (clients pick names). */
+  maxConcurrentLookups?: number
   clock?: () => number
 }
 
@@ -45,16 +66,17 @@ interface SignedValue extends VerifiedRecord {
 }
 
 interface CacheEntry {
-  record: ServiceRecord | undefined
+  resolved: ResolvedRecord | undefined
   expiresAt: number
 }
 
 /**
- * Resolves service names to registry records: the DHT first (validated, highest seq), else
- * the static records of the config file. Keeps the signed values it uses alive in the DHT by
- * putting them again, unchanged, before they expire.
+ * Resolves service names to registry records: the static records of the config file first
+ * (the operator's word is final), else the DHT (validated, highest seq). Keeps the signed
+ * values it uses alive in the DHT by putting them again, unchanged, before they expire, and at
+ * once when a lookup finds the DHT has lost one (a restarted DHT node).
  */
-export class Registry {
+export class Registry implements OriginRecordSource {
   private readonly node: MeshNode
   private readonly staticRecords: Map<string, ServiceRecord>
   private readonly allowedSigners: readonly string[]
@@ -65,12 +87,15 @@ export class Registry {
   private readonly republishMs: number
   private readonly usedWindowMs: number
   private readonly maxCacheEntries: number
+  private readonly maxConcurrentLookups: number
   private readonly clock: () => number
 
   private readonly cache = new Map<string, CacheEntry>()
   /** The best signed value seen per name: what we serve when a lookup fails, and what we re-put. */
   private readonly known = new Map<string, SignedValue>()
   private readonly lastUsed = new Map<string, number>()
+  /** When each name's lost value was last put back, so a DHT that keeps losing it is not hammered. */
+  private readonly restoredAt = new Map<string, number>()
   private readonly inflight = new Map<string, Promise<CacheEntry>>()
   private controller?: AbortController
   private timer?: NodeJS.Timeout
@@ -87,6 +112,7 @@ export class Registry {
     this.republishMs = init.republishMs ?? 10 * 60_000
     this.usedWindowMs = init.usedWindowMs ?? 60 * 60_000
     this.maxCacheEntries = init.maxCacheEntries ?? 10_000
+    this.maxConcurrentLookups = init.maxConcurrentLookups ?? 256
     this.clock = init.clock ?? Date.now
   }
 
@@ -94,7 +120,7 @@ export class Registry {
     if (this.controller != null) return
     this.controller = new AbortController()
     if (this.allowedSigners.length === 0) {
-      this.log.warn('RegistryKeys is empty: registry records signed by any key are accepted')
+      this.log.warn('RegistryKeys is empty: DHT records signed by any key are used for routing, and allocators run only the static Services of their config')
     }
     this.schedule()
   }
@@ -109,30 +135,45 @@ export class Registry {
     this.cache.clear()
     this.known.clear()
     this.lastUsed.clear()
+    this.restoredAt.clear()
   }
 
-  /** The record for NAME, or undefined when neither the DHT nor the config file has one. */
+  /** The record for NAME, or undefined when neither the config file nor the DHT has one. */
   async resolve (name: string, options: { signal?: AbortSignal } = {}): Promise<ServiceRecord | undefined> {
+    return (await this.resolveWithOrigin(name, options))?.record
+  }
+
+  /** The record for NAME and where it came from (static, or the DHT and its signer). */
+  async resolveWithOrigin (name: string, options: { signal?: AbortSignal } = {}): Promise<ResolvedRecord | undefined> {
     this.running()
     if (!SERVICE_NAME.test(name)) return undefined
+    const pinned = this.staticRecords.get(name)
+    if (pinned != null) return { record: pinned, origin: { source: 'static' } }
     const now = this.clock()
-    this.lastUsed.set(name, now)
+    // Only names with a record count as used: an unknown name a client made up must leave
+    // nothing behind but a bounded cache entry.
+    if (this.known.has(name)) this.lastUsed.set(name, now)
     const hit = this.cache.get(name)
-    if (hit != null && hit.expiresAt > now) return hit.record
+    if (hit != null && hit.expiresAt > now) return hit.resolved
     const lookup = this.refresh(name)
     // Stale while revalidate: a record we already have is served at once while the DHT is
     // asked again in the background, so no request waits on a lookup once a service is known.
-    if (hit?.record != null) {
+    if (hit?.resolved != null) {
       lookup.catch(() => {})
-      return hit.record
+      return hit.resolved
     }
-    return (await raceSignal(lookup, options.signal)).record
+    const entry = await raceSignal(lookup, options.signal)
+    if (entry.resolved != null) this.lastUsed.set(name, this.clock())
+    return entry.resolved
   }
 
   /** One lookup of NAME at a time, shared by every caller. */
   private async refresh (name: string): Promise<CacheEntry> {
     let lookup = this.inflight.get(name)
     if (lookup == null) {
+      if (this.inflight.size >= this.maxConcurrentLookups) {
+        throw new MeshError(503, 'registry_busy', `too many registry lookups in progress to look up '${name}': try again`)
+      }
       lookup = this.lookup(name).finally(() => this.inflight.delete(name))
       this.inflight.set(name, lookup)
     }
@@ -145,23 +186,24 @@ export class Registry {
    */
   async publish (record: ServiceRecord | ServiceRecordInput, privateKey: PrivateKey, options: { signal?: AbortSignal } = {}): Promise<PublishResult> {
     const stopSignal = this.running()
-    const signal = options.signal != null ? AbortSignal.any([stopSignal, options.signal]) : stopSignal
     const value = await signRecord(record, privateKey)
     const key = registryKeyString(record.name)
     // kad-dht stores our own put locally without validating it: check here what peers will check.
     const verified = await verifySignedRecord(key, value, this.allowedSigners)
     const name = verified.record.name
 
-    const current = await this.fetch(name, AbortSignal.any([signal, AbortSignal.timeout(this.lookupTimeoutMs)]))
+    const check = deadline(this.lookupTimeoutMs, stopSignal, options.signal)
+    const current = await this.fetch(name, check.signal).finally(check.clear)
     if (current != null && current.record.seq >= verified.record.seq && !sameBytes(current.value, value)) {
       throw new RegistryConflictError(`the DHT already holds seq=${current.record.seq} for '${name}'; publish with a higher seq`)
     }
 
-    const storedOn = await this.put(name, value, signal)
+    const putting = deadline(undefined, stopSignal, options.signal)
+    const storedOn = await this.put(name, value, putting.signal).finally(putting.clear)
     const now = this.clock()
     this.remember(name, { ...verified, value })
     this.lastUsed.set(name, now)
-    this.setCache(name, { record: verified.record, expiresAt: now + this.ttlMs })
+    this.setCache(name, { resolved: dhtResolved(verified), expiresAt: now + this.ttlMs })
     this.log.debug({ key, seq: verified.record.seq, storedOn }, 'published registry record')
     return { key, record: verified.record, signer: verified.signer, storedOn }
   }
@@ -183,12 +225,14 @@ export class Registry {
       }
       if (!this.known.has(name)) continue
       try {
-        const latest = await this.fetch(name, AbortSignal.any([stopSignal, AbortSignal.timeout(this.lookupTimeoutMs)]))
+        const check = deadline(this.lookupTimeoutMs, stopSignal)
+        const latest = await this.fetch(name, check.signal).finally(check.clear)
         if (latest != null) this.remember(name, latest)
         const best = this.known.get(name)
         if (best == null) continue
-        if (latest != null) this.setCache(name, { record: best.record, expiresAt: this.clock() + this.ttlMs })
-        const storedOn = await this.put(name, best.value, AbortSignal.any([stopSignal, AbortSignal.timeout(30_000)]))
+        if (latest != null) this.setCache(name, { resolved: dhtResolved(best), expiresAt: this.clock() + this.ttlMs })
+        const putting = deadline(30_000, stopSignal)
+        const storedOn = await this.put(name, best.value, putting.signal).finally(putting.clear)
         this.log.debug({ name, seq: best.record.seq, storedOn }, 'republished registry record')
         count++
       } catch (err) {
@@ -221,18 +265,38 @@ export class Registry {
   }
 
   private async lookup (name: string): Promise<CacheEntry> {
-    const signal = AbortSignal.any([this.running(), AbortSignal.timeout(this.lookupTimeoutMs)])
-    const found = await this.fetch(name, signal)
+    const { signal, clear } = deadline(this.lookupTimeoutMs, this.running())
+    const found = await this.fetch(name, signal).finally(clear)
     if (found != null) this.remember(name, found)
     const now = this.clock()
     // A failed lookup keeps serving the last good record: the DHT cannot delete records, so
-    // "none found" after we saw one means the lookup fell short, not that the service is gone.
+    // "none found" after we saw one means the lookup fell short or the DHT lost it.
     const known = this.known.get(name)
+    if (found == null && known != null) this.restore(name, known)
     const entry: CacheEntry = known != null
-      ? { record: known.record, expiresAt: now + (found != null ? this.ttlMs : this.negativeTtlMs) }
-      : { record: this.staticRecords.get(name), expiresAt: now + this.negativeTtlMs }
+      ? { resolved: dhtResolved(known), expiresAt: now + (found != null ? this.ttlMs : this.negativeTtlMs) }
+      : { resolved: undefined, expiresAt: now + this.negativeTtlMs }
     this.setCache(name, entry)
     return entry
+  }
+
+  /**
+   * Puts back a value the DHT no longer returns (its only storer restarted empty, say), at
+   * most once per republish interval per name, in the background.
+   */
+  private restore (name: string, known: SignedValue): void {
+    const now = this.clock()
+    const last = this.restoredAt.get(name)
+    if (last != null && now - last < Math.min(this.republishMs, 60_000)) return
+    this.restoredAt.set(name, now)
+    bound(this.restoredAt, this.maxCacheEntries)
+    const stopSignal = this.running()
+    const putting = deadline(30_000, stopSignal)
+    this.put(name, known.value, putting.signal).then(storedOn => {
+      this.log.info({ name, seq: known.record.seq, storedOn }, 'the DHT had lost a registry record in use: put it back')
+    }, err => {
+      if (!stopSignal.aborted) this.log.debug({ name, err }, 'putting back a lost registry record failed')
+    }).finally(putting.clear)
   }
 
   /**
@@ -287,6 +351,8 @@ export class Registry {
   private remember (name: string, candidate: SignedValue): void {
     const current = this.known.get(name)
     if (current == null || candidate.record.seq > current.record.seq) this.known.set(name, candidate)
+    bound(this.known, this.maxCacheEntries)
+    bound(this.lastUsed, this.maxCacheEntries)
   }
 
   private setCache (name: string, entry: CacheEntry): void {
@@ -295,12 +361,21 @@ export class Registry {
     if (this.cache.size <= this.maxCacheEntries) return
     const now = this.clock()
     for (const [n, e] of this.cache) if (e.expiresAt <= now) this.cache.delete(n)
-    // Still full of live entries: drop the oldest (Map keeps insertion order).
-    while (this.cache.size > this.maxCacheEntries) {
-      const oldest = this.cache.keys().next().value
-      if (oldest == null) break
-      this.cache.delete(oldest)
-    }
+    // Still full of live entries: drop the oldest.
+    bound(this.cache, this.maxCacheEntries)
+  }
+}
+
+function dhtResolved (value: VerifiedRecord): ResolvedRecord {
+  return { record: value.record, origin: { source: 'dht', signer: value.signer } }
+}
+
+/** Drops the oldest entries (Map keeps insertion order) beyond `max`. */
+function bound (map: Map<string, unknown>, max: number): void {
+  while (map.size > max) {
+    const oldest = map.keys().next().value
+    if (oldest == null) break
+    map.delete(oldest)
   }
 }
 

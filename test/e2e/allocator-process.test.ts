@@ -1,3 +1,6 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
 import { runCli, startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
@@ -13,17 +16,25 @@ describe('allocator (process runtime)', () => {
   let client: Daemon
   let base: string
   let metricsUrl: string
+  let keys: string
+  /** A key listed in RegistryKeys: what it signs, the allocator runs. */
+  let publisherKey: string
 
   const command = `"${process.execPath}" "${HELLO_SCRIPT}"`
 
   beforeAll(async () => {
+    keys = await mkdtemp(join(tmpdir(), 'hyphae-keys-'))
+    publisherKey = join(keys, 'publisher.key')
+    const publisher = await runCli('hyphae', ['keygen', publisherKey])
+    expect(publisher.code).toBe(0)
     config = await writeTestConfig({
       hello: { command, health: '/healthz' },
       held: { command, health: '/healthz' },
       third: { command, health: '/healthz' },
       broken: { command: 'exit 3', health: '/healthz' },
-      sluggish: { command: `sleep 2; exec ${command}`, health: '/healthz' }
-    })
+      sluggish: { command: `sleep 2; exec ${command}`, health: '/healthz' },
+      pinned: { command, health: '/healthz', env: { INSTANCE: 'pinned-by-operator' } }
+    }, undefined, [publisher.stdout.trim()])
     allocator = await startDaemon('hyphae-allocator', [
       '--configfile', config.file, '--runtime', 'process', '--metrics', '0',
       '--health-interval', '200', '--unhealthy-after', '2', '--healthy-after', '2',
@@ -37,6 +48,7 @@ describe('allocator (process runtime)', () => {
   afterAll(async () => {
     await stopAllDaemons()
     await config?.cleanup()
+    if (keys != null) await rm(keys, { recursive: true, force: true })
   })
 
   async function metrics (): Promise<string> {
@@ -87,7 +99,7 @@ describe('allocator (process runtime)', () => {
   })
 
   it('serves a service published with `hyphae registry put` (signed record in the DHT)', async () => {
-    const put = await runCli('hyphae', ['registry', 'put', 'published', '--command', command, '--health', '/healthz', '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
+    const put = await runCli('hyphae', ['registry', 'put', 'published', '--command', command, '--health', '/healthz', '--key', publisherKey, '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
     expect(put.code).toBe(0)
     expect(put.stdout).toMatch(/^stored \/hyphae\/svc\/published seq=\d+ signer=12D3/)
     const answer = await http(`${base}/published/`)
@@ -95,6 +107,15 @@ describe('allocator (process runtime)', () => {
     expect(answer.body.toString()).toMatch(/^hello from /)
     // Room again under --max-instances for the tests below.
     await eventually(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0 ? true : undefined, 20_000, 'every instance culled again')
+  })
+
+  it('keeps a static record even when a trusted key publishes another under its name', async () => {
+    const put = await runCli('hyphae', ['registry', 'put', 'pinned', '--command', 'exit 7', '--health', '/healthz', '--key', publisherKey, '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
+    expect(put.code).toBe(0)
+    const answer = await http(`${base}/pinned/`)
+    expect(answer.status).toBe(200)
+    expect(answer.body.toString()).toMatch(/pinned-by-operator/)
+    await eventually(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0 ? true : undefined, 20_000, 'pinned culled')
   })
 
   it('answers a coded error fast for an app that cannot start, leaving nothing behind', async () => {

@@ -3,7 +3,7 @@ import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { PATTERN_BLOCK } from '../../examples/hello/server.js'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
-import { http, json, patternStream, sha256OfStream } from '../helpers/http.js'
+import { http, json, rawHttp, patternStream, sha256OfStream } from '../helpers/http.js'
 import { multiaddr } from '@multiformats/multiaddr'
 import { startTestNode } from '../helpers/nodes.js'
 import { rssOf, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
@@ -63,16 +63,29 @@ describe('mesh core end to end', () => {
     expect(echo.method).toBe(method)
     expect(echo.url).toBe('/echo/a/b?x=1&y=%20z')
     expect(echo.bodyLength).toBe(body?.length ?? 0)
-    // Names keep their case and order; the proxies add Via and the X-Forwarded pair.
+    // Names keep their case and order; the proxies add Via, X-Forwarded-Prefix and, for
+    // where it came from, only what the server proxy knows: the client proxy's peer ID.
     const names = echo.rawHeaders.filter((_, i) => i % 2 === 0)
     expect(names).toContain('X-Custom-Header')
     expect(names).toContain('x-lower')
     expect(echo.headers['x-custom-header']).toBe('Keep-Case')
-    expect(echo.headers['x-forwarded-for']).toBe('10.1.2.3, 127.0.0.1')
+    expect(echo.headers['x-forwarded-for']).toBeUndefined()
+    expect(echo.headers.forwarded).toBe(`for="_${client.ready.peerId}"`)
     expect(echo.headers['x-forwarded-prefix']).toBe('/hello')
     expect(echo.headers.via).toBe('1.1 hyphae, 1.1 hyphae')
     expect(echo.headers['x-hop']).toBeUndefined()
     expect(echo.headers['proxy-authorization']).toBeUndefined()
+  })
+
+  it('serves HTTP/1.0 without Host, and passes on no claim of origin a peer makes', async () => {
+    const answer = await rawHttp(Number(new URL(base).port), 'GET /hello/echo/old HTTP/1.0\r\nForwarded: for=6.6.6.6\r\nX-Real-IP: 6.6.6.6\r\nX-Forwarded-For: 6.6.6.6\r\n\r\n')
+    expect(answer).toMatch(/^HTTP\/1\.1 200 /)
+    const echo = JSON.parse(answer.slice(answer.indexOf('\r\n\r\n') + 4)) as { url: string, headers: Record<string, string> }
+    expect(echo.url).toBe('/echo/old')
+    expect(echo.headers.host).toBe(`127.0.0.1:${app.port}`)
+    expect(echo.headers.forwarded).toBe(`for="_${client.ready.peerId}"`)
+    expect(echo.headers['x-real-ip']).toBeUndefined()
+    expect(echo.headers['x-forwarded-for']).toBeUndefined()
   })
 
   it('answers HEAD with headers and no body, and 204/304 without a body', async () => {

@@ -117,3 +117,17 @@ export function startLoad (url: string, opts: { concurrency: number, total: numb
   })
   return { done, stop: () => { stopped = true }, result }
 }
+
+/** Sends TEXT as is on a new TCP connection and returns all that comes back until the server closes it. */
+export async function rawHttp (port: number, text: string, timeoutMs = 10_000): Promise<string> {
+  const { connect } = await import('node:net')
+  return await new Promise<string>((resolve, reject) => {
+    const socket = connect(port, '127.0.0.1')
+    const chunks: Buffer[] = []
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error(`no end of the answer within ${timeoutMs} ms`)) }, timeoutMs)
+    socket.on('data', chunk => chunks.push(chunk))
+    socket.on('error', err => { clearTimeout(timer); reject(err) })
+    socket.on('close', () => { clearTimeout(timer); resolve(Buffer.concat(chunks).toString('latin1')) })
+    socket.write(text)
+  })
+}

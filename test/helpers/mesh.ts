@@ -14,14 +14,14 @@ export interface TestConfig {
   cleanup: () => Promise<void>
 }
 
-export async function writeTestConfig (services: Record<string, unknown>, perf = { soft: 100, hard: 1000 }): Promise<TestConfig> {
+export async function writeTestConfig (services: Record<string, unknown>, perf = { soft: 100, hard: 1000 }, registryKeys: string[] = []): Promise<TestConfig> {
   const dir = await mkdtemp(join(tmpdir(), 'hyphae-test-'))
   const file = join(dir, 'conf.json')
   await writeFile(file, JSON.stringify({
     Perf: { SoftReq: { RTT: perf.soft }, HardReq: { RTT: perf.hard } },
     Bootstraps: [],
     Services: services,
-    RegistryKeys: []
+    RegistryKeys: registryKeys
   }))
   return { dir, file, cleanup: async () => { await rm(dir, { recursive: true, force: true }) } }
 }

@@ -23,4 +23,14 @@ describe('forwardRawHeaders', () => {
   it('pairs raw trailers', () => {
     expect(trailerPairs(['X-A', '1', 'x-b', '2'])).toEqual([['X-A', '1'], ['x-b', '2']])
   })
+
+  it('server side: drops what a peer claims about the origin and says the peer ID instead', () => {
+    const out = forwardRawHeaders(['Host', 'h', 'Forwarded', 'for=6.6.6.6', 'x-forwarded-for', '6.6.6.6', 'X-Real-IP', '6.6.6.6', 'X-Forwarded-Prefix', '/hello'], { peer: '12D3KooWpeer' })
+    expect(out).toEqual(['Host', 'h', 'X-Forwarded-Prefix', '/hello', 'Via', '1.1 hyphae', 'Forwarded', 'for="_12D3KooWpeer"'])
+  })
+
+  it('supplies Host first when the request has none (HTTP/1.0), and keeps one it has', () => {
+    expect(forwardRawHeaders(['Accept', '*/*'], { defaultHost: '127.0.0.1:8080' })).toEqual(['Host', '127.0.0.1:8080', 'Accept', '*/*', 'Via', '1.1 hyphae'])
+    expect(forwardRawHeaders(['host', 'mine'], { defaultHost: '127.0.0.1:8080' })).toEqual(['host', 'mine', 'Via', '1.1 hyphae'])
+  })
 })

@@ -214,3 +214,59 @@ describe('peak EWMA and power of two choices', () => {
     for (const count of counts.values()) expect(Math.abs(count / 3000 - 1 / 3)).toBeLessThan(0.05)
   })
 })
+
+describe('outlier detection (consecutive failures eject for a while)', () => {
+  const policy = { consecutiveFailures: 3, baseEjectionMs: 10_000, maxEjectionMs: 25_000, maxEjectedShare: 0.5 }
+
+  it('ejects after N failures in a row, not after N with a success between', async () => {
+    const [a, b] = await peerIds(2)
+    const c = clock()
+    const peers = new ServicePeers(limits, c.now, policy)
+    peers.add(a, 5)
+    peers.add(b, 5)
+    expect(peers.outcome(a.toString(), 'failed')).toBeUndefined()
+    expect(peers.outcome(a.toString(), 'failed')).toBeUndefined()
+    expect(peers.outcome(a.toString(), 'ok')).toBeUndefined()
+    expect(peers.outcome(a.toString(), 'failed')).toBeUndefined()
+    expect(peers.outcome(a.toString(), 'failed')).toBeUndefined()
+    expect(peers.outcome(a.toString(), 'failed')).toBe('ejected')
+    expect(peers.bestLevel().map(p => p.key)).toEqual([b.toString()])
+  })
+
+  it('brings an ejected instance back after its time, and ejects it longer the next time (capped)', async () => {
+    const [a, b] = await peerIds(2)
+    const c = clock()
+    const peers = new ServicePeers(limits, c.now, policy)
+    peers.add(a, 5)
+    peers.add(b, 5)
+    const fail = (): string | undefined => { let r; for (let i = 0; i < 3; i++) r = peers.outcome(a.toString(), 'failed'); return r }
+    expect(fail()).toBe('ejected')
+    c.advance(9_999)
+    expect(peers.bestLevel()).toHaveLength(1)
+    c.advance(2)
+    expect(peers.bestLevel()).toHaveLength(2)
+    expect(fail()).toBe('ejected')
+    c.advance(19_999)
+    expect(peers.bestLevel()).toHaveLength(1)
+    c.advance(2)
+    expect(fail()).toBe('ejected')
+    // Third ejection: 30 s, capped at 25 s.
+    c.advance(25_001)
+    expect(peers.bestLevel()).toHaveLength(2)
+  })
+
+  it('never ejects more than the allowed share at once, but always allows one', async () => {
+    const ids = await peerIds(4)
+    const peers = new ServicePeers(limits, clock().now, policy)
+    for (const id of ids) peers.add(id, 5)
+    const ejected = ids.map(id => { let r; for (let i = 0; i < 3; i++) r = peers.outcome(id.toString(), 'failed'); return r })
+    expect(ejected).toEqual(['ejected', 'ejected', undefined, undefined])
+    expect(peers.bestLevel()).toHaveLength(2)
+
+    const [only] = await peerIds(1)
+    const single = new ServicePeers(limits, clock().now, policy)
+    single.add(only, 5)
+    for (let i = 0; i < 2; i++) single.outcome(only.toString(), 'failed')
+    expect(single.outcome(only.toString(), 'failed')).toBe('ejected')
+  })
+})

@@ -118,7 +118,7 @@ describe('Registry over a real DHT', () => {
     expect(lookups).toHaveBeenCalledTimes(2)
   })
 
-  it('falls back to the static record while the DHT has none', async () => {
+  it('keeps the static record of a name even when the DHT has a newer one (the operator pins it)', async () => {
     const [, a, b] = await mesh(3)
     let now = 5_000_000
     const staticRecord: ServiceRecord = parseRecord({ name: 'fallback', command: 'serve --static' })
@@ -126,10 +126,13 @@ describe('Registry over a real DHT', () => {
     expect(await reader.resolve('fallback', { signal: signal() })).toEqual(staticRecord)
 
     await registry(a).publish({ name: 'fallback', command: 'serve --dht', seq: 3 }, await generateKeyPair('Ed25519'), { signal: signal() })
-    // "None" is believed only briefly, then the DHT's record replaces the static one.
-    expect(await reader.resolve('fallback', { signal: signal() })).toEqual(staticRecord)
-    now += 2_001
-    expect(await untilResolves(reader, 'fallback', r => r?.seq === 3)).toMatchObject({ command: 'serve --dht', seq: 3 })
+    // The DHT has it (a node without a static record sees it)...
+    expect(await untilResolves(registry(a), 'fallback', r => r?.seq === 3)).toMatchObject({ command: 'serve --dht' })
+    // ...and it still never replaces the operator's record, however long we wait.
+    for (let i = 0; i < 3; i++) {
+      now += 60_001
+      expect(await reader.resolveWithOrigin('fallback', { signal: signal() })).toEqual({ record: staticRecord, origin: { source: 'static' } })
+    }
   })
 
   it('re-puts records it uses, never rolling a newer one back, and forgets unused ones', async () => {
