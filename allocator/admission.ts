@@ -1,5 +1,6 @@
 import type { ResolvedRecord } from '../shared/registry/registry.js'
 import { normalizePeerIds } from '../shared/registry/signed-record.js'
+import { TokenBucket } from '../shared/token-bucket.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { AllocationError } from './errors.js'
 
@@ -42,7 +43,7 @@ export const ADMISSION_DEFAULTS = { burst: 20, perSecond: 2, maxPeers: 4096 } as
 
 /** A token bucket per requesting peer, so one peer cannot keep an allocator busy starting things. */
 export class PeerRateLimiter {
-  private readonly buckets = new Map<string, { tokens: number, at: number }>()
+  private readonly buckets = new Map<string, TokenBucket>()
   private readonly burst: number
   private readonly perSecond: number
   private readonly maxPeers: number
@@ -57,17 +58,12 @@ export class PeerRateLimiter {
 
   /** Takes one token for PEER; false when it has none left. */
   tryTake (peer: string): boolean {
-    const now = this.now()
-    const bucket = this.buckets.get(peer) ?? { tokens: this.burst, at: now }
-    bucket.tokens = Math.min(this.burst, bucket.tokens + (now - bucket.at) / 1000 * this.perSecond)
-    bucket.at = now
+    const bucket = this.buckets.get(peer) ?? new TokenBucket(this.burst, this.perSecond, this.now)
     // Re-inserted, so the map's order is least recently seen first.
     this.buckets.delete(peer)
     this.buckets.set(peer, bucket)
     if (this.buckets.size > this.maxPeers) this.buckets.delete(this.buckets.keys().next().value as string)
-    if (bucket.tokens < 1) return false
-    bucket.tokens -= 1
-    return true
+    return bucket.tryTake()
   }
 
   get size (): number {

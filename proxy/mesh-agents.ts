@@ -1,6 +1,8 @@
+import { setMaxListeners } from 'node:events'
 import { Agent, type ClientRequestArgs } from 'node:http'
 import type { Duplex } from 'node:stream'
 import type { PeerId } from '@libp2p/interface'
+import { deadline } from '../shared/abort.js'
 import type { MeshNode } from '../shared/node.js'
 import { StreamSocket } from './stream-socket.js'
 
@@ -21,15 +23,25 @@ export const SERVER_KEEP_ALIVE_MS = 35_000
  * for many requests: opening a stream costs ~1.3 ms here, most of a request's overhead.
  */
 class PeerAgent extends Agent {
+  /** Aborts the stream opens in progress when the peer is given up on. */
+  private readonly dials = new AbortController()
+
   constructor (private readonly node: MeshNode, private readonly peer: PeerId, reuseStreams: boolean) {
     super({ keepAlive: reuseStreams, maxSockets: Infinity, maxFreeSockets: 256, scheduling: 'lifo', timeout: POOLED_STREAM_IDLE_MS })
+    setMaxListeners(0, this.dials.signal)
   }
 
   override createConnection (_options: ClientRequestArgs, callback?: (err: Error | null, socket: Duplex) => void): Duplex | null | undefined {
-    this.node.dialProtocol(this.peer, HTTP_PROTOCOL, { maxOutboundStreams: MAX_HTTP_STREAMS, signal: AbortSignal.timeout(10_000) })
+    const dial = deadline(10_000, this.dials.signal)
+    this.node.dialProtocol(this.peer, HTTP_PROTOCOL, { maxOutboundStreams: MAX_HTTP_STREAMS, signal: dial.signal })
       .then(stream => { callback?.(null, new StreamSocket(stream, this.peer.toString())) })
       .catch(err => { callback?.(err as Error, undefined as unknown as Duplex) })
+      .finally(dial.clear)
     return undefined
+  }
+
+  abortDials (reason: Error): void {
+    this.dials.abort(reason)
   }
 }
 
@@ -68,6 +80,7 @@ export class MeshAgents {
       for (const socket of sockets ?? []) socket.destroy()
     }
     if (options.inFlight === true) {
+      agent.abortDials(new Error('the instance stopped answering pings'))
       for (const sockets of Object.values(agent.sockets)) {
         for (const socket of sockets ?? []) socket.destroy(new Error('the instance stopped answering pings'))
       }

@@ -1,5 +1,6 @@
 import type { PeerId } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
+import { deadline } from '../shared/abort.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 
@@ -14,14 +15,18 @@ export interface PeerFinderInit {
   log: Logger
   /** How long a DHT walk for providers may take. */
   discoveryTimeoutMs?: number
+  /** Once a provider answered, how long the walk goes on without finding a new one. */
+  settleMs?: number
 }
 
 /** Finds the providers of a CID in the DHT and measures each one's RTT, all in parallel. */
 export class PeerFinder {
   private readonly discoveryTimeoutMs: number
+  private readonly settleMs: number
 
   constructor (private readonly init: PeerFinderInit) {
     this.discoveryTimeoutMs = init.discoveryTimeoutMs ?? 3000
+    this.settleMs = init.settleMs ?? 300
   }
 
   /**
@@ -33,19 +38,38 @@ export class PeerFinder {
     const self = node.peerId.toString()
     const seen = new Set<string>()
     const pings: Array<Promise<Candidate | undefined>> = []
-    const walk = AbortSignal.any([AbortSignal.timeout(this.discoveryTimeoutMs), ...(signal != null ? [signal] : [])])
+    // The walk also ends once a provider answered and no new one came for a while: a walk
+    // waits out every peer it asks, and one hung peer would hold it to its deadline.
+    const settled = new AbortController()
+    let settleTimer: NodeJS.Timeout | undefined
+    const settle = (): void => {
+      clearTimeout(settleTimer)
+      settleTimer = setTimeout(() => { settled.abort() }, this.settleMs)
+    }
+    const walk = deadline(this.discoveryTimeoutMs, signal, settled.signal)
+    let answered = false
     try {
-      for await (const provider of node.contentRouting.findProviders(cid, { signal: walk })) {
+      for await (const provider of node.contentRouting.findProviders(cid, { signal: walk.signal })) {
         const key = provider.id.toString()
         if (key === self || seen.has(key)) continue
         seen.add(key)
+        if (answered) settle()
         if (provider.multiaddrs.length > 0) await node.peerStore.merge(provider.id, { multiaddrs: provider.multiaddrs })
-        pings.push(this.measure(provider.id, hardRttMs, signal))
+        pings.push(this.measure(provider.id, hardRttMs, signal).then(found => {
+          if (found != null && !answered) {
+            answered = true
+            settle()
+          }
+          return found
+        }))
       }
     } catch (err) {
       // A walk cut short by its deadline still yields the providers found so far.
       if (signal?.aborted === true) throw err
-      this.init.log.debug({ cid: cid.toString(), err: (err as Error).message }, 'provider walk ended early')
+      if (!settled.signal.aborted) this.init.log.debug({ cid: cid.toString(), err: (err as Error).message }, 'provider walk ended early')
+    } finally {
+      clearTimeout(settleTimer)
+      walk.clear()
     }
     const measured = await Promise.all(pings)
     return measured.filter((c): c is Candidate => c != null).sort((a, b) => a.rttMs - b.rttMs)

@@ -4,7 +4,7 @@ import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { Allocations } from './allocations.js'
 import type { PeerId } from '@libp2p/interface'
-import { pickP2C, ServicePeers, type Level, type OutlierPolicy, type PeerState, type RequestOutcome, type RttLimits } from './peer-cache.js'
+import { PeerState, pickP2C, ServicePeers, type Level, type OutlierPolicy, type RequestOutcome, type RttLimits } from './peer-cache.js'
 import type { PeerFinder } from './peer-finder.js'
 
 export type { RttLimits }
@@ -16,6 +16,8 @@ export interface RouterInit {
   log: Logger
   /** Cold starts and better instances; none: no instance within the hard RTT is a 503. */
   allocations?: Allocations
+  /** How long a request with no cached instance waits on the DHT before asking for a cold start too. */
+  coldStartGraceMs?: number
   /** Called when an instance stops answering pings: what is in flight to it will not be answered. */
   onPeerGone?: (peer: PeerId) => void
   outliers?: OutlierPolicy
@@ -40,6 +42,9 @@ interface ServiceEntry {
   improveFailures: number
   improveAfter: number
 }
+
+/** How long a request with no cached instance waits on the DHT before a cold start is asked for too. */
+const COLD_START_GRACE_MS = 1_000
 
 /** First back-off after an attempt to find a better instance found none; doubles up to the cap. */
 const IMPROVE_BACKOFF_MS = 5_000
@@ -94,14 +99,9 @@ export class Router {
     const entry = await this.entryFor(record)
     const now = this.now()
     entry.lastUsed = now
-    let candidates = entry.peers.bestLevel(exclude)
-    if (candidates.length === 0) {
-      await this.discover(entry, signal)
-      candidates = entry.peers.bestLevel(exclude)
-    } else if (now - entry.discoveredAt > this.rediscoverMs) {
-      void this.discover(entry).catch(() => {})
-    }
-    if (candidates.length === 0) return await this.coldStart(entry)
+    const candidates = entry.peers.bestLevel(exclude)
+    if (candidates.length === 0) return await this.findOrStart(entry, exclude, signal)
+    if (now - entry.discoveredAt > this.rediscoverMs) void this.discover(entry).catch(() => {})
     const chosen = pickP2C(candidates, now, this.random) as PeerState
     if (chosen.rttMs > entry.peers.limits.softRttMs) this.improve(entry, chosen.rttMs)
     return chosen
@@ -163,6 +163,26 @@ export class Router {
       }
     })()
     await entry.discovery
+  }
+
+  /**
+   * No usable instance is cached: asks the DHT, and when that has found none within a grace
+   * period, has one started at the same time, taking whichever comes first. A walk can take
+   * seconds when a provider hangs (its pings time out one by one), and a request should not
+   * wait that out before a replacement is even asked for.
+   */
+  private async findOrStart (entry: ServiceEntry, exclude: ReadonlySet<string>, signal?: AbortSignal): Promise<PeerState> {
+    const pickFound = (): PeerState | undefined => pickP2C(entry.peers.bestLevel(exclude), this.now(), this.random)
+    const discovery = this.discover(entry, signal).then(pickFound)
+    let timer: NodeJS.Timeout | undefined
+    const grace = new Promise<'grace'>(resolve => { timer = setTimeout(() => { resolve('grace') }, this.init.coldStartGraceMs ?? COLD_START_GRACE_MS) })
+    const first = await Promise.race([discovery, grace]).finally(() => { clearTimeout(timer) })
+    if (first instanceof PeerState) return first
+    if (first === undefined) return await this.coldStart(entry)
+    const started = this.coldStart(entry)
+    const found = discovery.then(peer => peer ?? started)
+    // Whichever has a peer first; a cold start's failure stands only if the walk found nobody.
+    return await Promise.any([found, started]).catch(async () => await started)
   }
 
   private async coldStart (entry: ServiceEntry): Promise<PeerState> {

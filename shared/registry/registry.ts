@@ -1,6 +1,8 @@
+import { setMaxListeners } from 'node:events'
 import type { PrivateKey } from '@libp2p/interface'
 import { deadline, raceSignal } from '../abort.js'
 import { MeshError } from '../errors.js'
+import { TokenBucket } from '../token-bucket.js'
 import type { Logger } from '../log.js'
 import type { MeshNode } from '../node.js'
 import { SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from './record.js'
@@ -45,6 +47,11 @@ export interface RegistryInit {
   maxCacheEntries?: number
   /** Most DHT lookups at once; beyond it a name not cached is answered 503 (clients pick names). */
   maxConcurrentLookups?: number
+  /**
+   * DHT lookups of names not cached, per second (and at once, after a quiet spell): a client
+   * naming made-up services must not turn each into a walk over the mesh.
+   */
+  lookupRate?: { perSecond: number, burst: number }
   clock?: () => number
 }
 
@@ -88,6 +95,7 @@ export class Registry implements OriginRecordSource {
   private readonly usedWindowMs: number
   private readonly maxCacheEntries: number
   private readonly maxConcurrentLookups: number
+  private readonly lookupBudget: TokenBucket
   private readonly clock: () => number
 
   private readonly cache = new Map<string, CacheEntry>()
@@ -114,11 +122,15 @@ export class Registry implements OriginRecordSource {
     this.maxCacheEntries = init.maxCacheEntries ?? 10_000
     this.maxConcurrentLookups = init.maxConcurrentLookups ?? 256
     this.clock = init.clock ?? Date.now
+    const rate = init.lookupRate ?? { perSecond: 100, burst: 200 }
+    this.lookupBudget = new TokenBucket(rate.burst, rate.perSecond, this.clock)
   }
 
   start (): void {
     if (this.controller != null) return
     this.controller = new AbortController()
+    // Every lookup in flight links its deadline to this signal (and unlinks it when done).
+    setMaxListeners(0, this.controller.signal)
     if (this.allowedSigners.length === 0) {
       this.log.warn('RegistryKeys is empty: DHT records signed by any key are used for routing, and allocators run only the static Services of their config')
     }
@@ -171,7 +183,7 @@ export class Registry implements OriginRecordSource {
   private async refresh (name: string): Promise<CacheEntry> {
     let lookup = this.inflight.get(name)
     if (lookup == null) {
-      if (this.inflight.size >= this.maxConcurrentLookups) {
+      if (this.inflight.size >= this.maxConcurrentLookups || !this.lookupBudget.tryTake()) {
         throw new MeshError(503, 'registry_busy', `too many registry lookups in progress to look up '${name}': try again`)
       }
       lookup = this.lookup(name).finally(() => this.inflight.delete(name))
