@@ -13,6 +13,9 @@ export const DEFAULT_CONTAINER_PORT = 8080
 
 const EXIT_SETTLE_MS = 10_000
 
+/** Most processes (threads included) a container may run, unless DockerRuntimeInit says otherwise: enough for any web app, not for a fork bomb. */
+export const DEFAULT_PIDS_LIMIT = 256
+
 export interface DockerRuntimeInit {
   log: Logger
   /** Default: the engine named by DOCKER_HOST, else the local socket. */
@@ -23,6 +26,10 @@ export interface DockerRuntimeInit {
   pullLogIntervalMs?: number
   /** How long available() waits for the engine. Default 2000 ms. */
   pingTimeoutMs?: number
+  /** Most processes and threads per container. Default DEFAULT_PIDS_LIMIT. */
+  pidsLimit?: number
+  /** Runs every container as this user (`name`, `uid`, `uid:gid`) instead of its image's. Default: the image's. */
+  user?: string
 }
 
 interface LiveContainer {
@@ -76,6 +83,7 @@ export class DockerRuntime implements Runtime {
 
     const containerPort = `${record.port ?? DEFAULT_CONTAINER_PORT}/tcp`
     const env = Object.entries({ ...record.env, PORT: String(record.port ?? DEFAULT_CONTAINER_PORT) }).map(([k, v]) => `${k}=${v}`)
+    const memory = record.memoryMb != null ? record.memoryMb * 1024 * 1024 : undefined
     let container: Docker.Container
     try {
       container = await this.docker.createContainer({
@@ -84,6 +92,7 @@ export class DockerRuntime implements Runtime {
         // PORT last: the port is published from the record, the record's env cannot move it.
         Env: env,
         ExposedPorts: { [containerPort]: {} },
+        ...(this.init.user !== undefined ? { User: this.init.user } : {}),
         Labels: {
           [LABEL_ALLOCATOR]: spec.allocatorPeerId,
           [LABEL_SERVICE]: record.name,
@@ -93,7 +102,13 @@ export class DockerRuntime implements Runtime {
           // Loopback only: the mesh reaches the app through its proxy, never directly.
           PortBindings: { [containerPort]: [{ HostIp: '127.0.0.1', HostPort: String(spec.hostPort) }] },
           ...(record.cpu != null ? { NanoCpus: Math.round(record.cpu * 1e9) } : {}),
-          ...(record.memoryMb != null ? { Memory: record.memoryMb * 1024 * 1024 } : {}),
+          // Swap equal to the memory limit: none on top of it.
+          ...(memory !== undefined ? { Memory: memory, MemorySwap: memory } : {}),
+          // Least privilege whatever the image: no capabilities (binding a port above 1024 needs
+          // none), no gaining privileges through setuid binaries, a bounded number of processes.
+          CapDrop: ['ALL'],
+          SecurityOpt: ['no-new-privileges'],
+          PidsLimit: this.init.pidsLimit ?? DEFAULT_PIDS_LIMIT,
           // The supervisor decides about relaunches; the engine restarting it behind our back would confuse both.
           RestartPolicy: { Name: 'no' },
           // We remove it ourselves, after reading its exit status.

@@ -2,6 +2,7 @@
 import '../shared/polyfill.js'
 import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
+import { defaultDataDir, openDataDir } from '../shared/data-dir.js'
 import { UsageError } from '../shared/errors.js'
 import { MetricsServer } from '../shared/metrics-server.js'
 import { Allocator } from './allocator.js'
@@ -15,6 +16,8 @@ the mesh, as their signed registry records describe.
 
 Options:
   --runtime KIND          docker, process, or auto (default: docker when an engine answers, else process)
+  --run-as USER           user (name or uid) process apps run as; never root (default: nobody when
+                          the allocator runs as root, else the allocator's own user)
   --max-instances N       most instances at once (default 16)
   --idle-timeout SECONDS  stop an instance idle this long (default 60)
   --health-interval MS    how often each instance's health path is checked (default 1000)
@@ -26,7 +29,10 @@ Options:
   --sidecar KIND          where each instance's server proxy runs: in-process (default: a libp2p
                           node of its own inside the allocator) or process (a hyphae-proxy each)
   --configfile PATH       config file (default: conf/conf.json of the package)
-  --key FILE              identity key, created (0600) when missing
+  --data-dir DIR          DHT records, peer store and identity key (DIR/key) kept here across restarts;
+                          one allocator per DIR (default: $XDG_STATE_HOME/hyphae/allocator, else
+                          ~/.local/state/hyphae/allocator)
+  --key FILE              identity key, created (0600) when missing (default: DIR/key of --data-dir)
   --listen MULTIADDR      libp2p listen address (repeatable; default /ip4/127.0.0.1/tcp/0)
   --announce MULTIADDR    address others should dial (repeatable)
   --bootstrap MULTIADDR   bootstrap peer (repeatable; none: this is the first node)
@@ -39,6 +45,7 @@ runDaemon('hyphae-allocator', async () => {
   const { values, positionals } = parseCommandLine(process.argv.slice(2), {
     ...COMMON_OPTIONS,
     runtime: { type: 'string' },
+    'run-as': { type: 'string' },
     'max-instances': { type: 'string' },
     'idle-timeout': { type: 'string' },
     'health-interval': { type: 'string' },
@@ -46,7 +53,8 @@ runDaemon('hyphae-allocator', async () => {
     'healthy-after': { type: 'string' },
     'start-timeout': { type: 'string' },
     'scale-window': { type: 'string' },
-    sidecar: { type: 'string' }
+    sidecar: { type: 'string' },
+    'data-dir': { type: 'string' }
   })
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`)
@@ -68,22 +76,26 @@ runDaemon('hyphae-allocator', async () => {
     startTimeoutMs: parsePositiveInt(values['start-timeout'], '--start-timeout', 30_000)
   }
 
-  const base = await startMeshBase({ name: 'hyphae-allocator', options: values })
+  if (values['data-dir'] === '') throw new UsageError('invalid --data-dir \'\': expected a directory')
+  const data = await openDataDir(values['data-dir'] ?? defaultDataDir())
+  const base = await startMeshBase({ name: 'hyphae-allocator', options: values, datastore: data.datastore, defaultKeyFile: data.keyFile })
+    .catch(async (err: unknown) => { await data.datastore.close().catch(() => {}); throw err })
   const { node, log } = base
   const stopBase = async (): Promise<void> => {
     await base.registry.stop()
     await node.stop()
+    await data.datastore.close()
   }
   let allocator: Allocator | undefined
   let metrics: MetricsServer | undefined
   try {
-    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', log)
+    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', log, { runAs: values['run-as'] })
     const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
     const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
     const sidecars = sidecarKind === 'process'
       ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
       : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
-    allocator = new Allocator({ node, registry: base.registry, runtime, sidecars, log, ...settings })
+    allocator = new Allocator({ node, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, log, ...settings })
     await allocator.start()
     const current = allocator
     metrics = new MetricsServer({

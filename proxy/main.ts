@@ -3,6 +3,7 @@ import '../shared/polyfill.js'
 import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
+import { PortUnavailableError } from '../shared/listen.js'
 import { parseAppAddress } from './address.js'
 import { Proxy } from './proxy.js'
 
@@ -77,7 +78,8 @@ runDaemon('hyphae-proxy', async () => {
     }
   } catch (err) {
     await stop().catch(() => {})
-    throw err
+    // The metrics server names --metrics itself; a port in use without a flag is the ingress's.
+    throw err instanceof PortUnavailableError && err.flag == null ? err.forFlag('PORT') : err
   }
   const http = `http://127.0.0.1:${proxy.httpPort}`
   base.log.info({ http, peerId: base.node.peerId.toString(), mode: server != null ? 'server' : 'client', service: server?.service }, 'proxy ready')

@@ -45,6 +45,9 @@ class PeerAgent extends Agent {
   }
 }
 
+/** Agents kept at most; beyond it, the least recently used idle ones are closed. */
+const MAX_AGENTS = 1024
+
 /** One agent per peer, made on first use and dropped with the peer. */
 export class MeshAgents {
   private readonly agents = new Map<string, PeerAgent>()
@@ -61,6 +64,7 @@ export class MeshAgents {
     if (agent == null) {
       agent = new PeerAgent(this.node, peer, this.reuseStreams)
       this.agents.set(key, agent)
+      if (this.agents.size > MAX_AGENTS) this.evictIdle()
     }
     return agent
   }
@@ -84,6 +88,16 @@ export class MeshAgents {
       for (const sockets of Object.values(agent.sockets)) {
         for (const socket of sockets ?? []) socket.destroy(new Error('the instance stopped answering pings'))
       }
+    }
+  }
+
+  /** Instances come and go: agents of peers not used for long must not pile up. */
+  private evictIdle (): void {
+    for (const [key, agent] of this.agents) {
+      if (this.agents.size <= MAX_AGENTS) return
+      if (Object.keys(agent.sockets).length > 0 || Object.keys(agent.requests).length > 0) continue
+      this.agents.delete(key)
+      agent.destroy()
     }
   }
 

@@ -3,8 +3,9 @@ import type { Multiaddr } from '@multiformats/multiaddr'
 import { loadMeshConfig, parseLogLevel, parseMultiaddr, type CommonOptions, type MeshConfig } from './config.js'
 import { errorMessage, UsageError } from './errors.js'
 import { loadOrCreateKey } from './identity.js'
+import { bindErrorMessage } from './listen.js'
 import { createLogger, type Logger } from './log.js'
-import { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable, type MeshNode } from './node.js'
+import { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable, type MeshNode, type MeshNodeInit } from './node.js'
 import { registryDhtInit } from './registry/dht-validation.js'
 import { Registry } from './registry/registry.js'
 
@@ -25,6 +26,10 @@ export interface MeshBaseInit {
   defaultListen?: string
   registryTtlMs?: number
   env?: NodeJS.ProcessEnv
+  /** The libp2p datastore (default: in memory), open already; the caller closes it after the node stops. */
+  datastore?: MeshNodeInit['datastore']
+  /** The identity key file when --key is not given (default: a fresh identity each run). */
+  defaultKeyFile?: string
 }
 
 /** Reads config, key and PSK, starts the node, dials the bootstraps and starts the registry. */
@@ -35,12 +40,14 @@ export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
   const listen: Multiaddr[] = (init.options.listen ?? [init.defaultListen ?? '/ip4/127.0.0.1/tcp/0']).map(text => parseMultiaddr(text, '--listen'))
   const announce = (init.options.announce ?? []).map(text => parseMultiaddr(text, '--announce'))
   const psk = await readPsk(config.pskFile, config.pskText)
-  const privateKey = await loadOrCreateKey(init.options.key)
-  const node = await createMeshNode({ privateKey, listen, announce, psk, ...registryDhtInit(config.registryKeys) })
+  const privateKey = await loadOrCreateKey(init.options.key ?? init.defaultKeyFile)
+  let node: MeshNode
   try {
+    // createLibp2p starts the node (and stops it again when a listener fails).
+    node = await createMeshNode({ privateKey, listen, announce, psk, datastore: init.datastore, ...registryDhtInit(config.registryKeys) })
     await node.start()
   } catch (err) {
-    throw new UsageError(`cannot start the libp2p node (listen ${listen.join(' ')}): ${errorMessage(err)}`)
+    throw listenFailure(err) ?? new UsageError(`cannot start the libp2p node (listen ${listen.join(' ')}): ${errorMessage(err).split('\n')[0]}`)
   }
   if (config.bootstraps.length === 0) {
     log.info('no bootstrap configured: this node is the first of its mesh')
@@ -55,6 +62,23 @@ export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
   const registry = new Registry({ node, staticRecords: config.services, allowedSigners: config.registryKeys, log, ttlMs: init.registryTtlMs })
   registry.start()
   return { config, log, privateKey, node, registry, psk }
+}
+
+/**
+ * A --listen address the node could not listen on, as one line naming it, or undefined when
+ * `err` is not that. libp2p reports it as an UnsupportedListenAddressesError whose message
+ * holds one `  ADDRESS: ERROR` line per failed address (with the stack after it).
+ */
+export function listenFailure (err: unknown): UsageError | undefined {
+  if (!(err instanceof Error) || err.name !== 'UnsupportedListenAddressesError') return undefined
+  const failures = [...err.message.matchAll(/^ {2}(\/\S+): (.*)$/gm)].map(([, address, message]) => ({ address, message }))
+  if (failures.length === 0) return new UsageError(`cannot listen on a --listen address: ${err.message.split('\n')[0]}`)
+  for (const { address, message } of failures) {
+    const code = /\b(EADDRINUSE|EACCES|EADDRNOTAVAIL)\b/.exec(message)?.[1]
+    if (code != null) return new UsageError(bindErrorMessage(address, code, '--listen address', '/tcp/0 picks a free port'))
+  }
+  const { address, message } = failures[0]
+  return new UsageError(`cannot listen on --listen ${address}: ${message.replace(/^\w*Error: /, '')}`)
 }
 
 /** The one `ready <json>` line on stdout that scripts and tests wait for. */

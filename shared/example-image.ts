@@ -95,8 +95,11 @@ async function dockerImport (root: string, image: string, changes: string[]): Pr
   const tar = spawn('tar', ['-C', root, '--numeric-owner', '--owner=0', '--group=0', '-cf', '-', '.'], { stdio: ['ignore', 'pipe', 'pipe'] })
   const args = ['import', ...changes.flatMap(change => ['--change', change]), '-', image]
   const importer = spawn('docker', args, { stdio: ['pipe', 'pipe', 'pipe'] })
-  tar.stdout.pipe(importer.stdin)
   let errors = ''
+  // docker exits at once when no engine answers; writing on into its stdin then fails with
+  // EPIPE, which would crash us as an unhandled 'error' event. Its exit code tells the story.
+  importer.stdin.on('error', () => { tar.kill() })
+  tar.stdout.pipe(importer.stdin)
   tar.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
   importer.stderr.on('data', (chunk: Buffer) => { errors += chunk.toString() })
   importer.stdout.resume()

@@ -9,6 +9,8 @@ export interface MetricsServerInit {
   registry: Registry
   /** Extra GET routes, by exact path. `/metrics` is always the Prometheus text. */
   routes?: Record<string, MetricsRoute>
+  /** The option that chose the port, named when it is in use. Default `--metrics port`. */
+  flag?: string
 }
 
 /** Prometheus metrics and small status routes, on loopback only. */
@@ -20,7 +22,7 @@ export class MetricsServer {
   }
 
   async start (): Promise<number> {
-    return await listenOnLoopback(this.server, this.init.port)
+    return await listenOnLoopback(this.server, this.init.port, this.init.flag ?? '--metrics port')
   }
 
   async stop (): Promise<void> {

@@ -8,7 +8,7 @@ import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
 import type { Libp2p, PrivateKey } from '@libp2p/interface'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import { createLibp2p } from 'libp2p'
+import { createLibp2p, type Libp2pOptions } from 'libp2p'
 import { UsageError } from './errors.js'
 import type { Logger } from './log.js'
 
@@ -45,6 +45,11 @@ export interface MeshNodeInit {
    * not put it in their routing tables or query it.
    */
   dhtClientMode?: boolean
+  /**
+   * Where libp2p keeps DHT records, provider records and the peer store (default: in
+   * memory). The caller opens it before the node starts and closes it after the node stops.
+   */
+  datastore?: Libp2pOptions['datastore']
 }
 
 /** The one libp2p node every hyphae daemon runs. */
@@ -52,6 +57,7 @@ export async function createMeshNode (init: MeshNodeInit): Promise<MeshNode> {
   const providerValidityMs = init.providerValidityMs ?? 10 * 60_000
   return await createLibp2p({
     privateKey: init.privateKey,
+    ...(init.datastore != null ? { datastore: init.datastore } : {}),
     addresses: {
       listen: init.listen.map(ma => ma.toString()),
       announce: (init.announce ?? []).map(ma => ma.toString())

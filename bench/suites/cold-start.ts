@@ -87,7 +87,7 @@ async function runRuntime (ctx: SuiteContext, runtime: 'process' | 'docker', n: 
       name: `allocator-${runtime}`,
       command: process.execPath,
       args: [ALLOCATOR_BIN, '--configfile', configFile, '--runtime', runtime, '--metrics', '0', '--log-level', 'debug',
-        '--idle-timeout', '600', '--max-instances', String(n + 2)],
+        '--idle-timeout', '600', '--max-instances', String(n + 2), '--data-dir', join(ctx.tmp, `allocator-cold-${runtime}`)],
       cwd: REPO_ROOT,
       ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
     })

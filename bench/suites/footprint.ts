@@ -1,3 +1,4 @@
+import { join } from 'node:path'
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { SERVICE, startProxy, startTinyApp, writeBenchConfig, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, REPO_ROOT } from '../lib/paths.js'
@@ -39,7 +40,7 @@ export const footprint: Suite = {
           const allocator = await ctx.procs.start<DaemonReady>({
             name: 'allocator',
             command: process.execPath,
-            args: [ALLOCATOR_BIN, '--configfile', configFile, '--bootstrap', bootAddr, '--runtime', 'process', '--metrics', '0'],
+            args: [ALLOCATOR_BIN, '--configfile', configFile, '--bootstrap', bootAddr, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-footprint')],
             cwd: REPO_ROOT,
             ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
           })

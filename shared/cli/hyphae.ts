@@ -174,6 +174,9 @@ ${COMMON_HELP}`)
     const result = await reg.publish(record, signer, { signal })
     if (result.storedOn === 0) throw new Error(`no peer stored the record for '${name}'`)
     io.out(`stored ${result.key} seq=${result.record.seq} signer=${result.signer}`)
+    if (config.registryKeys.length === 0) {
+      io.err(`hyphae: warning: RegistryKeys is empty in ${values.configfile ?? 'the default config'}: allocators with this config run only their static Services, never a record from the DHT; list ${result.signer} in their RegistryKeys to have '${name}' run`)
+    }
     return 0
   })
 }

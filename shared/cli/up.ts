@@ -1,16 +1,22 @@
 import { spawn, type ChildProcess } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { createServer } from 'node:http'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
 import { parseCommandLine, parseLogLevel, parsePort } from '../config.js'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { UsageError } from '../errors.js'
-import { ensureExampleImage, EXAMPLE_IMAGE } from '../example-image.js'
+import { dockerAvailable, ensureExampleImage, EXAMPLE_IMAGE } from '../example-image.js'
+import { listenOnLoopback, PortUnavailableError } from '../listen.js'
+import { createKeyFile } from '../identity.js'
 import { distFile } from '../paths.js'
 
 export interface UpIo {
   out: (line: string) => void
   err: (line: string) => void
+  env?: NodeJS.ProcessEnv
 }
 
 const ALLOCATOR_MAIN = distFile('allocator/main.js')
@@ -71,6 +77,62 @@ async function stopChild (child: Child): Promise<void> {
   clearTimeout(killer)
 }
 
+/** Fails early, naming --port, when the client proxy's port is taken (`hyphae up` run twice). */
+async function checkPortFree (port: number): Promise<void> {
+  if (port === 0) return
+  const server = createServer()
+  await listenOnLoopback(server, port, '--port')
+  await new Promise<void>(resolve => { server.close(() => { resolve() }) })
+}
+
+const PARENT_POLL_MS = 1000
+const SHELLS = new Set(['sh', 'dash', 'bash', 'ash', 'zsh', 'ksh', 'busybox'])
+
+/** The parent of `pid` from /proc (Linux); undefined when unknown. */
+function parentOf (pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1])
+  } catch {
+    return undefined
+  }
+}
+
+function commandOf (pid: number): string | undefined {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trim()
+  } catch {
+    return undefined
+  }
+}
+
+/**
+ * Calls `onGone` when npm, which started us, is gone; returns a function that stops watching.
+ *
+ * `npx hyphae up` (also `npm exec`, `npm run`) runs us as npm → `sh -c 'hyphae' up …` → us.
+ * npm forwards SIGTERM and SIGINT to its own child only, that shell, and the shell does not
+ * pass them on: dash dies of SIGTERM at once (and catches SIGINT, waiting for us). Then npm
+ * exits too, and we, the daemons and the app instances ran on as orphans. Node cannot ask
+ * the kernel for a signal when the parent dies (prctl PR_SET_PDEATHSIG), so we poll: when
+ * we have another parent (ours died and we were reparented), or the shell npm started has
+ * another parent (npm died, even by SIGKILL, and the shell lives on waiting for us), we
+ * stop as on a signal. (A terminal's Ctrl-C signals the whole foreground process group, us
+ * included, so it never depended on npm.) Only under npm: `nohup hyphae up &` from a shell
+ * that then exits is meant to keep running.
+ */
+function watchNpmParent (env: NodeJS.ProcessEnv, onGone: (why: string) => void): () => void {
+  if (env.npm_execpath == null && env.npm_lifecycle_event == null) return () => {}
+  const parent = process.ppid
+  const grandparent = SHELLS.has(commandOf(parent) ?? '') ? parentOf(parent) : undefined
+  const timer = setInterval(() => {
+    if (process.ppid !== parent) onGone('parent exited')
+    else if (grandparent != null && parentOf(parent) !== grandparent) onGone('npm exited')
+  }, PARENT_POLL_MS)
+  timer.unref()
+  return () => { clearInterval(timer) }
+}
+
 /** `hyphae up`: the README's "run" command. */
 export async function up (argv: string[], io: UpIo): Promise<number> {
   const { values, positionals } = parseCommandLine(argv, UP_OPTIONS)
@@ -86,20 +148,40 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
   const idleTimeout = values['idle-timeout'] ?? '60'
   if (!/^\d+$/.test(idleTimeout) || Number(idleTimeout) <= 0) throw new UsageError(`invalid --idle-timeout '${idleTimeout}': expected a positive whole number`)
 
+  // The mistakes a user makes most with a demo command: one line, exit 2, nothing started.
+  try {
+    await checkPortFree(port)
+  } catch (err) {
+    if (!(err instanceof PortUnavailableError)) throw err
+    io.err(`hyphae up: ${err.message}`)
+    return 2
+  }
+  if (runtime === 'docker') {
+    const engine = await dockerAvailable()
+    if (!engine.ok) {
+      io.err(`hyphae up: --runtime docker: ${engine.reason ?? 'no Docker Engine answers'}; start dockerd or use --runtime process`)
+      return 2
+    }
+  }
   const hello = runtime === 'docker'
     ? { image: await ensureExampleImage(line => { io.err(`hyphae up: ${line}`) }), port: 8080, health: '/healthz' }
     : { command: `"${process.execPath}" "${HELLO_MAIN}"`, health: '/healthz' }
   const dir = await mkdtemp(join(tmpdir(), 'hyphae-up-'))
   const configFile = join(dir, 'conf.json')
+  // A publisher key the allocator trusts, so records put with it run (no other key's do).
+  const publisherKeyFile = join(dir, 'publisher.key')
+  const publisher = peerIdFromPrivateKey(await createKeyFile(publisherKeyFile)).toString()
   await writeFile(configFile, JSON.stringify({
     Perf: { SoftReq: { RTT: 100 }, HardReq: { RTT: 1000 } },
     Bootstraps: [],
     Services: { hello },
-    RegistryKeys: []
+    RegistryKeys: [publisher]
   }, null, 2))
 
   const children: Child[] = []
+  let unwatch = (): void => {}
   const stopAll = async (): Promise<void> => {
+    unwatch()
     for (const child of children.reverse()) await stopChild(child)
     await rm(dir, { recursive: true, force: true })
   }
@@ -107,10 +189,13 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
   const signalled = new Promise<string>(resolve => {
     process.once('SIGINT', () => { resolve('SIGINT') })
     process.once('SIGTERM', () => { resolve('SIGTERM') })
+    unwatch = watchNpmParent(io.env ?? process.env, why => { resolve(why) })
   })
   const startup = (async () => {
     const common = ['--configfile', configFile, '--log-level', logLevel]
-    const allocator = await startChild('allocator', ALLOCATOR_MAIN, [...common, '--runtime', runtime, '--metrics', '0', '--idle-timeout', idleTimeout], children)
+    // Its state in our temp dir, removed with it: a demo mesh starts empty, and never takes
+    // the lock on the per-user default a real allocator on this host may hold.
+    const allocator = await startChild('allocator', ALLOCATOR_MAIN, [...common, '--runtime', runtime, '--metrics', '0', '--idle-timeout', idleTimeout, '--data-dir', join(dir, 'allocator')], children)
     const proxy = await startChild('client proxy', PROXY_MAIN, [...common, '--bootstrap', allocator.ready.multiaddrs[0], String(port)], children)
     io.out(`hyphae up: a local mesh is running (${runtime} runtime${runtime === 'docker' ? `, image ${EXAMPLE_IMAGE}` : ''})`)
     io.out(`  allocator    ${allocator.ready.peerId}  metrics ${allocator.ready.http}/metrics`)
@@ -118,6 +203,8 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
     io.out('Try:')
     io.out(`  curl ${proxy.ready.http}/hello/`)
     io.out('The first request starts an instance of hello; it is culled after it sits idle. Ctrl-C stops everything.')
+    io.out('Publish a service of your own (signed with a key this mesh trusts):')
+    io.out(`  hyphae registry put NAME --command 'CMD (listens on $PORT)' --key ${publisherKeyFile} --configfile ${configFile} --bootstrap ${allocator.ready.multiaddrs[0]}`)
   })()
   const early = await Promise.race([startup.then(() => undefined), signalled]).catch(async (err: unknown) => {
     await stopAll()
@@ -130,11 +217,11 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
     return 0
   }
 
-  const reason = await Promise.race([
-    signalled,
-    ...children.map(async child => `${child.name} exited (code ${String(await child.exited)})`)
+  const { reason, failed } = await Promise.race([
+    signalled.then(reason => ({ reason, failed: false })),
+    ...children.map(async child => ({ reason: `${child.name} exited (code ${String(await child.exited)})`, failed: true }))
   ])
   io.out(`hyphae up: stopping (${reason})`)
   await stopAll()
-  return reason.startsWith('SIG') ? 0 : 1
+  return failed ? 1 : 0
 }

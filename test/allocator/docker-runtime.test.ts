@@ -1,8 +1,9 @@
 import { randomBytes } from 'node:crypto'
+import { readFileSync } from 'node:fs'
 import { networkInterfaces } from 'node:os'
 import Docker from 'dockerode'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { DockerRuntime, LABEL_ALLOCATOR, LABEL_INSTANCE, LABEL_SERVICE } from '../../allocator/docker-runtime.js'
+import { DEFAULT_PIDS_LIMIT, DockerRuntime, LABEL_ALLOCATOR, LABEL_INSTANCE, LABEL_SERVICE } from '../../allocator/docker-runtime.js'
 import { AllocationError } from '../../allocator/errors.js'
 import { freeLocalPort, type InstanceSpec, type RuntimeInstance } from '../../allocator/runtime.js'
 import { InstanceSupervisor, type SupervisorEvent } from '../../allocator/supervisor.js'
@@ -10,6 +11,22 @@ import { parseRecord, type ServiceRecordInput } from '../../shared/registry/reco
 import { dockerAvailable, ensureTestImage } from '../helpers/docker-image.js'
 import { FakeSidecar } from './fake-sidecar.js'
 import { httpCall, statusOf, testLogger, waitFor } from './util.js'
+
+/**
+ * Capabilities, no_new_privs and uid of a container's main process, from /proc on this host;
+ * undefined when the engine's processes are not visible here (another PID namespace).
+ */
+function processSecurity (pid: number): { capEff: string, noNewPrivs: string, uid: number } | undefined {
+  let status: string
+  try {
+    if (!readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('/app/server.js')) return undefined
+    status = readFileSync(`/proc/${pid}/status`, 'utf8')
+  } catch {
+    return undefined
+  }
+  const field = (name: string): string => new RegExp(`^${name}:\\s+(\\S+)`, 'm').exec(status)?.[1] ?? ''
+  return { capEff: field('CapEff'), noNewPrivs: field('NoNewPrivs'), uid: Number(field('Uid')) }
+}
 
 const engine = await dockerAvailable()
 const underCi = process.env.CI === 'true'
@@ -62,7 +79,17 @@ describe.skipIf(skip)(`docker runtime${skip ? ` (skipped: ${engine.reason ?? 'no
       expect(info.Config.Labels).toMatchObject({ [LABEL_ALLOCATOR]: allocatorId, [LABEL_SERVICE]: 'hello', [LABEL_INSTANCE]: spec.instanceId })
       expect(info.Config.Env).toContain('PORT=8080')
       expect(info.HostConfig.Memory).toBe(64 * 1024 * 1024)
+      // No swap on top of the memory limit.
+      expect(info.HostConfig.MemorySwap).toBe(64 * 1024 * 1024)
       expect(info.HostConfig.NanoCpus).toBe(500_000_000)
+      // Hardened whatever the image says.
+      expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges')
+      expect(info.HostConfig.CapDrop).toEqual(['ALL'])
+      expect(info.HostConfig.PidsLimit).toBe(DEFAULT_PIDS_LIMIT)
+      expect(info.Config.User).toBe('')
+      // And the kernel agrees, when the engine's processes are visible from here.
+      const security = processSecurity(info.State.Pid)
+      if (security !== undefined) expect(security).toMatchObject({ capEff: '0000000000000000', noNewPrivs: '1' })
       expect(info.HostConfig.PortBindings).toEqual({ '8080/tcp': [{ HostIp: '127.0.0.1', HostPort: String(spec.hostPort) }] })
       const published = Object.values(info.NetworkSettings.Ports ?? {}).flat().filter(b => b != null)
       expect(published.length).toBeGreaterThan(0)
@@ -81,6 +108,28 @@ describe.skipIf(skip)(`docker runtime${skip ? ` (skipped: ${engine.reason ?? 'no
     const exit = await instance.exited
     expect(exit.code === null || typeof exit.code === 'number').toBe(true)
     await runtime.stop(instance) // idempotent
+  })
+
+  it('applies the pids limit and user it is given, and the app still serves', async () => {
+    const limited = new DockerRuntime({ log: testLogger(), docker, defaultGraceMs: 2000, pidsLimit: 32, user: '65534:65534' })
+    const spec = await specFor()
+    const instance = await limited.start(spec)
+    try {
+      await waitFor(async () => await statusOf(spec.hostPort, '/healthz') === 200, 'the container to answer /healthz', 20_000)
+      const info = await docker.getContainer(instance.id).inspect()
+      expect(info.HostConfig.PidsLimit).toBe(32)
+      expect(info.Config.User).toBe('65534:65534')
+      expect(info.HostConfig.CapDrop).toEqual(['ALL'])
+      expect(info.HostConfig.SecurityOpt).toContain('no-new-privileges')
+      // Without limits in the record, none are set (and no swap limit without a memory limit).
+      expect(info.HostConfig.Memory).toBe(0)
+      expect(info.HostConfig.NanoCpus).toBe(0)
+      const security = processSecurity(info.State.Pid)
+      if (security !== undefined) expect(security.uid).toBe(65534)
+    } finally {
+      await limited.stop(instance, { graceMs: 1000 })
+    }
+    await expect(docker.getContainer(instance.id).inspect()).rejects.toMatchObject({ statusCode: 404 })
   })
 
   it('reports a container that ended on its own', async () => {

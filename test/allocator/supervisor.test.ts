@@ -1,6 +1,5 @@
 import { createServer } from 'node:http'
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
+import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { AllocationError } from '../../allocator/errors.js'
@@ -10,7 +9,7 @@ import { backoffDelay, InstanceSupervisor, type SupervisorEvent, type Supervisor
 import { parseRecord, type ServiceRecordInput } from '../../shared/registry/record.js'
 import { HELLO_SCRIPT } from '../helpers/mesh.js'
 import { FakeSidecar } from './fake-sidecar.js'
-import { httpCall, running, statusOf, testLogger, waitFor } from './util.js'
+import { appScratchDir, httpCall, running, statusOf, testLogger, waitFor } from './util.js'
 
 /** The process runtime, remembering what it started so tests can check the processes. */
 class RecordingRuntime implements Runtime {
@@ -43,7 +42,8 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
   const live: InstanceSupervisor[] = []
   let dir: string
 
-  beforeAll(async () => { dir = await mkdtemp(join(tmpdir(), 'hyphae-sup-')) })
+  // The apps write and test files in it, as the user they run as.
+  beforeAll(async () => { dir = await appScratchDir('hyphae-sup-') })
   afterEach(async () => { await Promise.all(live.splice(0).map(async s => { await s.stop() })) })
   afterAll(async () => { await rm(dir, { recursive: true, force: true }) })
 

@@ -1,6 +1,9 @@
+import { chown, mkdtemp } from 'node:fs/promises'
 import { request } from 'node:http'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { pino, type Logger } from 'pino'
-import { readProcStat } from '../../allocator/process-runtime.js'
+import { readProcStat, resolveAppUser } from '../../allocator/process-runtime.js'
 
 /** Silent unless HYPHAE_TEST_LOG names a level: the allocator's logs help when a test fails. */
 export function testLogger (): Logger {
@@ -61,4 +64,15 @@ export async function groupMembers (pgid: number): Promise<number[]> {
     if (stat != null && stat.pgrp === pgid && stat.state !== 'Z') pids.push(Number(entry))
   }
   return pids
+}
+
+/**
+ * A scratch directory the process runtime's apps can write to: they run as the default app
+ * user (nobody, when the tests run as root), not as the test.
+ */
+export async function appScratchDir (prefix: string): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), prefix))
+  const user = await resolveAppUser()
+  await chown(dir, user.uid, user.gid)
+  return dir
 }

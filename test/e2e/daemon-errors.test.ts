@@ -1,4 +1,5 @@
 import { writeFile } from 'node:fs/promises'
+import { createServer, type Server } from 'node:net'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { runCli, type BinName } from '../helpers/daemon.js'
@@ -40,5 +41,52 @@ describe('daemon command-line and config errors', () => {
     expect(lines).toHaveLength(1)
     expect(lines[0]).toMatch(mentions)
     expect(result.stderr).not.toMatch(/\n\s+at /)
+  })
+})
+
+/**
+ * An address the user chose that is already taken: one line naming the address and the flag
+ * or argument to change, exit 2, no stack. runCli waits for stdout and stderr to close, so a
+ * child left holding them would fail the case by timing out.
+ */
+describe('daemon addresses already in use', () => {
+  let config: TestConfig
+  let blocker: Server
+  let port: number
+
+  beforeAll(async () => {
+    config = await writeTestConfig({})
+    blocker = createServer()
+    await new Promise<void>(resolve => blocker.listen(0, '127.0.0.1', resolve))
+    port = (blocker.address() as { port: number }).port
+  })
+
+  afterAll(async () => {
+    await new Promise<void>(resolve => { blocker.close(() => { resolve() }) })
+    await config?.cleanup()
+  })
+
+  // --log-level error: the daemons log their start at info on stderr; the error line is not a log line.
+  const cases: Array<[string, BinName, (port: number) => string[], (port: number) => RegExp]> = [
+    ['the allocator\'s --metrics port', 'hyphae-allocator', p => ['--runtime', 'process', '--metrics', String(p)],
+      p => new RegExp(`^hyphae-allocator: 127\\.0\\.0\\.1:${p} is in use: choose another --metrics port \\(0 picks a free one\\)$`)],
+    ['the proxy\'s --metrics port', 'hyphae-proxy', p => ['--metrics', String(p), '0'],
+      p => new RegExp(`^hyphae-proxy: 127\\.0\\.0\\.1:${p} is in use: choose another --metrics port \\(0 picks a free one\\)$`)],
+    ['the proxy\'s ingress PORT', 'hyphae-proxy', p => [String(p)],
+      p => new RegExp(`^hyphae-proxy: 127\\.0\\.0\\.1:${p} is in use: choose another PORT \\(0 picks a free one\\)$`)],
+    ['the proxy\'s --listen address', 'hyphae-proxy', p => ['--listen', `/ip4/127.0.0.1/tcp/${p}`, '0'],
+      p => new RegExp(`^hyphae-proxy: /ip4/127\\.0\\.0\\.1/tcp/${p} is in use: choose another --listen address`)],
+    ['the allocator\'s --listen address', 'hyphae-allocator', p => ['--runtime', 'process', '--metrics', '0', '--listen', `/ip4/127.0.0.1/tcp/${p}`],
+      p => new RegExp(`^hyphae-allocator: /ip4/127\\.0\\.0\\.1/tcp/${p} is in use: choose another --listen address`)]
+  ]
+
+  it.each(cases)('%s (%s)', async (_what, bin, args, message) => {
+    const result = await runCli(bin, ['--configfile', config.file, '--log-level', 'error', ...args(port)])
+    expect(result.code).toBe(2)
+    const lines = result.stderr.trim().split('\n')
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toMatch(message(port))
+    expect(result.stderr).not.toMatch(/\n\s+at /)
+    expect(result.stdout).not.toMatch(/^ready /m)
   })
 })

@@ -1,6 +1,8 @@
 import { spawn, type ChildProcess } from 'node:child_process'
-import { readFileSync } from 'node:fs'
-import { dirname, resolve } from 'node:path'
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs'
+import { rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 
@@ -53,7 +55,7 @@ const STDERR_KEEP = 4 * 1024 * 1024
 
 /**
  * Processes started by this module and not yet stopped, so that an afterAll can end what a
- * failed test left behind. This is the one piece of module state: vitest gives every test file
+ * failed test left behind. This and `dataDirs` are the module's state: vitest gives every test file
  * its own module instance, which is exactly the scope an afterAll cleans.
  */
 const live = new Set<StartedProcess<unknown>>()
@@ -66,10 +68,45 @@ export function binPath (bin: BinName): string {
   return resolve(REPO_ROOT, rel)
 }
 
+/**
+ * An allocator keeps its state in a data dir, locked while it runs, with a per-user default
+ * that every allocator of a test run would share: one given none gets a temp dir of its own,
+ * removed once it exited. Not when the test passes --data-dir, or sets HOME or
+ * XDG_STATE_HOME (it is testing the default).
+ */
+function withDataDir (bin: BinName, args: string[], opts: SpawnOptions): { args: string[], cleanup?: () => Promise<void> } {
+  if (bin !== 'hyphae-allocator') return { args }
+  if (args.some(arg => arg === '--data-dir' || arg.startsWith('--data-dir='))) return { args }
+  if (opts.env?.HOME !== undefined || opts.env?.XDG_STATE_HOME !== undefined) return { args }
+  const dir = mkdtempSync(join(tmpdir(), 'hyphae-allocator-data-'))
+  dataDirs.add(dir)
+  return {
+    args: [...args, '--data-dir', dir],
+    cleanup: async () => {
+      try {
+        await rm(dir, { recursive: true, force: true })
+        dataDirs.delete(dir)
+      } catch {
+        // Still being written (a killed process's last writes): left for the exit sweep.
+      }
+    }
+  }
+}
+
+/** Data dirs made by withDataDir and not yet removed: removed when the test process exits. */
+const dataDirs = new Set<string>()
+process.once('exit', () => {
+  for (const dir of dataDirs) {
+    try { rmSync(dir, { recursive: true, force: true }) } catch { /* nothing more to do */ }
+  }
+})
+
 /** Starts a hyphae daemon from dist/ and resolves once it printed `ready <json>`. */
-export async function startDaemon (bin: BinName, args: string[], opts: SpawnOptions = {}): Promise<Daemon> {
+export async function startDaemon (bin: BinName, givenArgs: string[], opts: SpawnOptions = {}): Promise<Daemon> {
+  const { args, cleanup } = withDataDir(bin, givenArgs, opts)
   return await startProcess(binPath(bin), args, {
     ...opts,
+    afterExit: cleanup,
     isReady: line => {
       if (!line.startsWith('ready ')) return undefined
       const ready = JSON.parse(line.slice('ready '.length)) as DaemonReady
@@ -84,6 +121,8 @@ export async function startDaemon (bin: BinName, args: string[], opts: SpawnOpti
 export interface StartProcessOptions<R> extends SpawnOptions {
   /** Returns what the line announces when it means "ready", undefined otherwise; a throw fails the start. */
   isReady: (line: string) => R | undefined
+  /** Runs once the process exited, before `stop` (or a failed start) resolves. */
+  afterExit?: () => Promise<void>
 }
 
 /** Runs `node script args…` and resolves once a stdout line satisfies `isReady`. */
@@ -151,10 +190,13 @@ export async function startProcess<R> (script: string, args: string[], opts: Sta
           } finally {
             clearTimeout(killer)
             untrack(started as StartedProcess<unknown>)
+            await opts.afterExit?.()
           }
         }
         untrack(started as StartedProcess<unknown>)
-        return await exited
+        const code = await exited
+        await opts.afterExit?.()
+        return code
       })()
       return await stopping
     }
@@ -187,14 +229,16 @@ export async function startProcess<R> (script: string, args: string[], opts: Sta
     killGroup(proc)
     await exited
     untrack(started as StartedProcess<unknown>)
+    await opts.afterExit?.()
     throw err
   }
   return started
 }
 
 /** Runs a one-shot command to its end; rejects (after killing it) if it outlives the timeout. */
-export async function runCli (bin: BinName, args: string[], opts: SpawnOptions & { input?: string } = {}): Promise<CliResult> {
+export async function runCli (bin: BinName, givenArgs: string[], opts: SpawnOptions & { input?: string } = {}): Promise<CliResult> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
+  const { args, cleanup } = withDataDir(bin, givenArgs, opts)
   const proc = spawn(process.execPath, [binPath(bin), ...args], {
     cwd: opts.cwd ?? REPO_ROOT,
     env: { ...process.env, ...opts.env },
@@ -214,7 +258,7 @@ export async function runCli (bin: BinName, args: string[], opts: SpawnOptions &
     }, timeoutMs)
     proc.once('error', err => { clearTimeout(timer); reject(err) })
     proc.once('close', code => { clearTimeout(timer); resolve({ code, stdout, stderr }) })
-  })
+  }).finally(async () => { await cleanup?.() })
 }
 
 /** Stops every process this module started and that is still running (for afterAll). */

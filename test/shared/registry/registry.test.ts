@@ -135,6 +135,36 @@ describe('Registry over a real DHT', () => {
     }
   })
 
+  it('puts a record in use back when the DHT has lost it (its storers restarted empty)', async () => {
+    const nodesOf = await mesh(3)
+    const [, a, b] = nodesOf
+    let now = 7_000_000
+    const user = registry(b, { clock: () => now, negativeTtlMs: 1_000 })
+    await registry(a).publish({ name: 'lost', image: 'l:1', seq: 1 }, await generateKeyPair('Ed25519'), { signal: signal() })
+    expect(await user.resolve('lost', { signal: signal() })).toMatchObject({ seq: 1 })
+
+    // Every node forgets every record, as a restarted in-memory DHT would.
+    const wipe = async (): Promise<number> => {
+      let removed = 0
+      for (const node of nodesOf) {
+        const datastore = (node as unknown as { components: { datastore: { query: (q: { prefix: string }) => AsyncIterable<{ key: { toString: () => string } }>, delete: (k: unknown) => Promise<void> } } }).components.datastore
+        for await (const entry of datastore.query({ prefix: '/dht/record' })) {
+          await datastore.delete(entry.key)
+          removed++
+        }
+      }
+      return removed
+    }
+    expect(await wipe()).toBeGreaterThan(0)
+    const fresh = registry(nodesOf[0])
+    expect(await fresh.resolve('lost', { signal: signal() })).toBeUndefined()
+
+    // The user's next lookup finds nothing, keeps serving what it knows, and puts it back.
+    now += 60_001
+    expect(await user.resolve('lost', { signal: signal() })).toMatchObject({ seq: 1 })
+    expect(await untilResolves(registry(nodesOf[0]), 'lost', r => r?.seq === 1)).toMatchObject({ image: 'l:1' })
+  })
+
   it('re-puts records it uses, never rolling a newer one back, and forgets unused ones', async () => {
     const [n0, a, b] = await mesh(3)
     const key = await generateKeyPair('Ed25519')
