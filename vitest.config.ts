@@ -8,7 +8,8 @@ import { defineConfig } from 'vitest/config'
 const TIMING_SENSITIVE = [
   'test/e2e/rtt-routing.test.ts',
   'test/e2e/routing-*.test.ts',
-  'test/e2e/autoscaling.test.ts'
+  'test/e2e/autoscaling.test.ts',
+  'test/e2e/faults.test.ts'
 ]
 
 const shared = {

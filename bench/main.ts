@@ -19,9 +19,10 @@ import { dhtScale } from './suites/dht-scale.js'
 import { footprint } from './suites/footprint.js'
 import { requestPath } from './suites/request-path.js'
 import { routing } from './suites/routing.js'
+import { soak } from './suites/soak.js'
 import { streaming } from './suites/streaming.js'
 
-const SUITES: Suite[] = [requestPath, streaming, coldStart, dhtScale, footprint, routing]
+const SUITES: Suite[] = [requestPath, streaming, coldStart, dhtScale, footprint, routing, soak]
 
 const USAGE = `usage: npm run bench -- [--quick] [--only SUITE,SUITE] [--out DIR]
        npm run bench -- --profile DIR [--load rps|download|upload] [--seconds N]

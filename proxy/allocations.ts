@@ -21,7 +21,9 @@ export interface AllocationsInit {
 }
 
 /** Long enough for a mesh that is still starting; short enough that a mesh with no allocator says so. */
-const DISCOVERY_RETRY_MS = 10_000
+const DISCOVERY_RETRY_MS = 5_000
+/** After a fruitless retry window, cold starts look once, not again for a window, for this long. */
+const NO_ALLOCATOR_MEMORY_MS = 10_000
 
 /**
  * Asks allocators for instances: a cold start when a service has none within its hard RTT
@@ -31,6 +33,8 @@ const DISCOVERY_RETRY_MS = 10_000
 export class Allocations {
   private readonly coldStarts = new Map<string, Promise<Candidate>>()
   private readonly coldStartTimeoutMs: number
+  /** When a whole retry window last found no allocator: a mesh without one answers fast. */
+  private noAllocatorAt = -Infinity
 
   constructor (private readonly init: AllocationsInit) {
     this.coldStartTimeoutMs = init.coldStartTimeoutMs ?? 30_000
@@ -78,9 +82,12 @@ export class Allocations {
    */
   private async findAllocators (hardRttMs: number, deadline: AbortSignal): Promise<Candidate[]> {
     const cid = await allocatorCid()
-    const giveUpAt = performance.now() + Math.min(this.coldStartTimeoutMs, this.init.discoveryRetryMs ?? DISCOVERY_RETRY_MS)
+    const recentlyNone = performance.now() - this.noAllocatorAt < NO_ALLOCATOR_MEMORY_MS
+    const giveUpAt = performance.now() + (recentlyNone ? 0 : Math.min(this.coldStartTimeoutMs, this.init.discoveryRetryMs ?? DISCOVERY_RETRY_MS))
     for (let wait = 100; ; wait = Math.min(wait * 2, 2000)) {
       const found = await this.init.finder.discover(cid, hardRttMs, deadline)
+      if (found.length > 0) this.noAllocatorAt = -Infinity
+      else if (!recentlyNone && performance.now() + wait > giveUpAt) this.noAllocatorAt = performance.now()
       if (found.length > 0 || deadline.aborted || performance.now() + wait > giveUpAt) return found
       this.init.log.debug({ retryInMs: wait }, 'no allocator found yet: asking the DHT again')
       await delay(wait, undefined, { signal: deadline }).catch(() => {})

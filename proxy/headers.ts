@@ -37,6 +37,11 @@ export interface ForwardHeaders {
   peer?: string
   /** Host to add when the request has none (HTTP/1.0 allows that; the app may not). */
   defaultHost?: string
+  /**
+   * Whether the message goes on chunked, the only framing that carries trailers. Otherwise a
+   * Trailer header announces what cannot come (and Node refuses to send the message at all).
+   */
+  chunked?: boolean
 }
 
 /** Set by a peer, these could claim any origin; the server side replaces them. */
@@ -57,6 +62,7 @@ export function forwardRawHeaders (raw: string[], extra: ForwardHeaders = {}): s
     const lower = name.toLowerCase()
     if (HOP_BY_HOP.has(lower) || listed?.has(lower) === true) continue
     if (extra.peer != null && CLAIMS_ORIGIN.has(lower)) continue
+    if (extra.chunked === false && lower === 'trailer') continue
     if (lower === 'host') hasHost = true
     if (lower === 'via') {
       via = via == null ? raw[i + 1] : `${via}, ${raw[i + 1]}`

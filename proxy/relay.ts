@@ -44,15 +44,22 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
     let phase: RelayPhase = 'connect'
     let settled = false
     let timer: NodeJS.Timeout | undefined
-    const upstream: ClientRequest = request({
-      agent: target.agent,
-      host: target.host,
-      port: target.port,
-      method: req.method,
-      path: target.path,
-      headers: forwardRawHeaders(req.rawHeaders, target.forward) as unknown as Record<string, string>,
-      setHost: false
-    })
+    let upstream: ClientRequest
+    try {
+      upstream = request({
+        agent: target.agent,
+        host: target.host,
+        port: target.port,
+        method: req.method,
+        path: target.path,
+        headers: forwardRawHeaders(req.rawHeaders, { ...target.forward, chunked: sendsChunked(req) }) as unknown as Record<string, string>,
+        setHost: false
+      })
+    } catch (err) {
+      // Headers Node will not send (it checks them here): nothing left, nothing to retry.
+      reject(new RelayError(`cannot forward the request: ${(err as Error).message}`, 'connect'))
+      return
+    }
 
     const fail = (err: Error & { code?: string }, timedOut = false, clientGone = false): void => {
       if (settled) return
@@ -82,7 +89,13 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
       phase = 'response'
       clearTimeout(timer)
       target.onResponseStart?.(upstream.reusedSocket)
-      res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardRawHeaders(answer.rawHeaders))
+      try {
+        res.writeHead(answer.statusCode ?? 502, answer.statusMessage, forwardRawHeaders(answer.rawHeaders, { chunked: answersChunked(req, answer) }))
+      } catch (err) {
+        // What the upstream sent cannot be sent on (Node checks headers as it writes them).
+        fail(err as Error)
+        return
+      }
       answer.pipe(res, { end: false })
       answer.on('end', () => {
         if (answer.rawTrailers.length > 0) res.addTrailers(trailerPairs(answer.rawTrailers))
@@ -114,6 +127,21 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
     })
   })
 }
+
+/** Whether Node sends this request on chunked: a body of unknown length, on a method that has one. */
+function sendsChunked (req: IncomingMessage): boolean {
+  return req.headers['content-length'] == null && /chunked/i.test(req.headers['transfer-encoding'] ?? '') && !NO_DEFAULT_BODY.has(req.method ?? '')
+}
+
+/** Whether Node answers this on chunked: a body of unknown length, to an HTTP/1.1 client. */
+function answersChunked (req: IncomingMessage, answer: IncomingMessage): boolean {
+  const status = answer.statusCode ?? 0
+  const bodiless = req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200)
+  return !bodiless && answer.headers['content-length'] == null && (req.httpVersionMajor > 1 || req.httpVersionMinor >= 1)
+}
+
+/** Methods Node's client does not chunk by default (useChunkedEncodingByDefault is false). */
+const NO_DEFAULT_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'])
 
 /** RFC 9110 §9.2.2: a retry of these has the same effect as one request. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])

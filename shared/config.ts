@@ -91,7 +91,7 @@ export function parsePort (text: string | undefined, what: string, fallback?: nu
 
 export function parsePositiveInt (text: string | undefined, what: string, fallback: number): number {
   if (text == null) return fallback
-  if (!/^\d+$/.test(text) || Number(text) <= 0) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
+  if (!/^\d+$/.test(text) || Number(text) <= 0 || !Number.isSafeInteger(Number(text))) throw new UsageError(`invalid ${what} '${text}': expected a positive whole number`)
   return Number(text)
 }
 

@@ -1,6 +1,10 @@
 /** A mistake in what the user gave us (flag, config, argument): one line, exit 2, no stack. */
 export class UsageError extends Error {
   override name = 'UsageError'
+  constructor (message: string, options?: { cause?: unknown }) {
+    // One line whatever it quotes: a value, path or parser message may hold line breaks.
+    super(message.replace(/\r\n|\r|\n/g, '\\n'), options)
+  }
 }
 
 /** An error with an HTTP status and a stable code, carried to the user as a JSON body. */

@@ -133,3 +133,55 @@ export async function autocannonLatency (opts: LatencyOptions): Promise<LatencyR
     seconds: (performance.now() - started) / 1000
   }
 }
+
+export interface RateTimeline {
+  /** Per response, in order of arrival: when it ended (performance.now(), ms), its duration (ms) and status. */
+  endedAt: number[]
+  latencyMs: number[]
+  status: number[]
+  /** performance.now() of each socket error or timeout (autocannon `reqError`). */
+  errorsAt: number[]
+  /** performance.now() when the load began and when it stopped. */
+  startedAt: number
+  stoppedAt: number
+  /** The deadline, not the request cap, ended the run (the rate fell behind). */
+  hitDeadline: boolean
+}
+
+export interface RateTimelineOptions {
+  url: string
+  /** Requests per second over all connections (autocannon overallRate: a budget per second). */
+  rate: number
+  connections: number
+  seconds: number
+}
+
+/**
+ * A long run at a fixed rate that keeps every response's time, duration and status, for
+ * figures over time windows (the soak suite). Bounded twice: autocannon stops after
+ * rate × seconds requests, and a deadline stops it `seconds` after the start whatever it has
+ * sent, so a run that fell behind (a second whose budget was not used up in that second
+ * loses the rest: autocannon resets it every second) ends on time too. Requests in flight
+ * at the deadline are dropped uncounted.
+ */
+export async function autocannonTimeline (opts: RateTimelineOptions): Promise<RateTimeline> {
+  const out: RateTimeline = { endedAt: [], latencyMs: [], status: [], errorsAt: [], startedAt: performance.now(), stoppedAt: 0, hitDeadline: false }
+  await new Promise<void>((resolve, reject) => {
+    const instance = autocannon({
+      url: opts.url,
+      connections: opts.connections,
+      overallRate: opts.rate,
+      amount: opts.rate * opts.seconds,
+      timeout: 10
+    }, err => { clearTimeout(deadline); if (err != null) reject(err); else resolve() })
+    instance.on('response', (_client, status, _bytes, ms) => {
+      out.endedAt.push(performance.now())
+      out.latencyMs.push(ms)
+      out.status.push(status)
+    })
+    instance.on('reqError', () => { out.errorsAt.push(performance.now()) })
+    const deadline = setTimeout(() => { out.hitDeadline = true; instance.stop() }, opts.seconds * 1000)
+  })
+  out.stoppedAt = performance.now()
+  return out
+}

@@ -21,3 +21,18 @@ export function round (value: number, digits = 3): number {
   const f = 10 ** digits
   return Math.round(value * f) / f
 }
+
+/** Least-squares line through (x, y) points; slope NaN for fewer than two distinct x. */
+export function linearFit (xs: number[], ys: number[]): { slope: number, intercept: number } {
+  const n = Math.min(xs.length, ys.length)
+  const mx = mean(xs.slice(0, n))
+  const my = mean(ys.slice(0, n))
+  let sxy = 0
+  let sxx = 0
+  for (let i = 0; i < n; i++) {
+    sxy += (xs[i] - mx) * (ys[i] - my)
+    sxx += (xs[i] - mx) ** 2
+  }
+  const slope = sxx === 0 ? NaN : sxy / sxx
+  return { slope, intercept: my - slope * mx }
+}

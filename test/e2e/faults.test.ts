@@ -1,7 +1,10 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json, startLoad } from '../helpers/http.js'
-import { eventually, HELLO_SCRIPT, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
+import { descendantsOf, eventually, freePort, HELLO_SCRIPT, isAlive, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
 
 /** Faults under a bounded load, on real daemons: the mesh routes around them. */
 describe('faults under load', () => {
@@ -50,4 +53,48 @@ describe('faults under load', () => {
     const instances = json<Array<{ service: string, state: string }>>(await http(`${allocator.ready.http as string}/instances`))
     expect(instances.filter(i => i.service === 'hello' && i.state === 'healthy')).toHaveLength(1)
   }, 60_000)
+})
+
+describe('an allocator SIGKILLed during a cold start', () => {
+  let config: TestConfig
+  let dataDir: string
+
+  beforeAll(async () => {
+    config = await writeTestConfig({
+      // Never healthy: the allocator is still waiting for it whenever the test kills it.
+      stuck: { command: 'exec sleep 60', health: '/healthz' },
+      hello: { command: `"${process.execPath}" "${HELLO_SCRIPT}"`, health: '/healthz' }
+    })
+    dataDir = await mkdtemp(join(tmpdir(), 'hyphae-fault-data-'))
+  })
+
+  afterAll(async () => {
+    await stopAllDaemons()
+    await config?.cleanup()
+    if (dataDir != null) await rm(dataDir, { recursive: true, force: true })
+  })
+
+  it('fails the waiting request fast, and the restarted allocator removes what the dead one left, then serves', async () => {
+    const port = await freePort()
+    const args = ['--configfile', config.file, '--runtime', 'process', '--metrics', '0', '--data-dir', dataDir, '--listen', `/ip4/127.0.0.1/tcp/${port}`]
+    const first = await startDaemon('hyphae-allocator', args)
+    const client = await startClientProxy(config, first, ['--cold-start-timeout', '20000'])
+    const base = client.ready.http as string
+    const started = Date.now()
+    const waiting = http(`${base}/stuck/`)
+    // The app is being started (waiting for its health): now the allocator dies.
+    const apps = await eventually(async () => { const pids = await descendantsOf(first.pid); return pids.length > 0 ? pids : undefined }, 10_000, 'the app being started')
+    expect(await first.stop('SIGKILL')).toBeNull()
+    const answer = await waiting
+    const waited = Date.now() - started
+    console.log(`allocator SIGKILLed during a cold start: the request got ${answer.status} after ${waited} ms`)
+    expect([502, 503]).toContain(answer.status)
+    expect(waited).toBeLessThan(10_000)
+    // Left running by the dead allocator, until the same allocator (same data dir: same key) is back.
+    const second = await startDaemon('hyphae-allocator', args)
+    expect(second.ready.peerId).toBe(first.ready.peerId)
+    await eventually(() => apps.every(pid => !isAlive(pid)) ? true : undefined, 10_000, 'the orphaned app removed')
+    const again = await eventually(async () => { const r = await http(`${base}/hello/`); return r.status === 200 ? r : undefined }, 30_000, 'served by the restarted allocator')
+    expect(again.body.toString()).toMatch(/^hello from /)
+  }, 90_000)
 })

@@ -2,7 +2,8 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
-import { loadMeshConfig } from '../../shared/config.js'
+import { loadMeshConfig, parsePositiveInt } from '../../shared/config.js'
+import { parseAppAddress } from '../../proxy/address.js'
 import { UsageError } from '../../shared/errors.js'
 
 const dir = mkdtempSync(join(tmpdir(), 'hyphae-config-'))
@@ -105,5 +106,22 @@ describe('mesh configuration', () => {
     expect(usageError(() => loadMeshConfig({ configfile: configFile({ Services: { bad: { port: 80 } } }) }, {})).message).toMatch(/Services\.bad: .*exactly one of image and command/)
     expect(usageError(() => loadMeshConfig({ configfile: configFile({ Services: { Bad_Name: { image: 'x' } } }) }, {})).message).toMatch(/service names/)
     expect(usageError(() => loadMeshConfig({ configfile: configFile({ Services: { other: { name: 'hello', image: 'x' } } }) }, {})).message).toMatch(/Services\.other/)
+  })
+
+  // Found by the fuzz suite (test/fuzz/config.fuzz.test.ts).
+  it('keeps every error on one line, whatever line breaks the input quotes', () => {
+    const bootstrap = usageError(() => loadMeshConfig({ configfile: configFile({}), bootstrap: ['/ip4/127.0.0.1/tcp/1\n/ip4/1.2.3.4/tcp/2'] }, {}))
+    expect(bootstrap.message).not.toMatch(/[\r\n]/)
+    expect(bootstrap.message).toContain('/tcp/1\\n/ip4')
+    const key = usageError(() => loadMeshConfig({ configfile: configFile({ 'a\nb': 1 }) }, {}))
+    expect(key.message).not.toMatch(/[\r\n]/)
+  })
+
+  it('refuses numbers past what a double holds exactly, and addresses without a host', () => {
+    expect(() => parsePositiveInt('9007199254740993', '--x', 1)).toThrow(UsageError)
+    expect(parsePositiveInt('9007199254740991', '--x', 1)).toBe(9007199254740991)
+    expect(() => parseAppAddress('[:0')).toThrow(UsageError)
+    expect(() => parseAppAddress(':80')).toThrow(UsageError)
+    expect(parseAppAddress('[::1]:80')).toEqual({ host: '::1', port: 80 })
   })
 })
