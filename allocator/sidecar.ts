@@ -119,6 +119,12 @@ export interface InProcessSidecarsInit {
 }
 
 /**
+ * How long a new instance's reply waits for its provider record to be put once it is healthy:
+ * normally tens of ms; a hung DHT peer would hold it for seconds (see Advertiser).
+ */
+const ADVERTISE_WAIT_MS = 1500
+
+/**
  * Server-mode proxies inside the allocator's process, each with its own libp2p node and peer
  * ID, so the mesh sees one provider per instance as with a separate `hyphae-proxy`. A cold
  * start then costs a node start (~50 ms), not a Node.js process start (~1.2 s of module
@@ -158,7 +164,7 @@ export class InProcessSidecars {
         metricsPort: 0
       })
       await proxy.start()
-      await raceSignal(proxy.whenAdvertised(), signal)
+      await raceSignal(proxy.whenAdvertised(ADVERTISE_WAIT_MS), signal)
     } catch (err) {
       await stopNode().catch(() => {})
       throw err

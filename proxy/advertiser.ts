@@ -30,6 +30,8 @@ export class Advertiser {
   private reported = false
   private readonly announcer: Announcer
   private readonly firstAdvert = Promise.withResolvers<void>()
+  /** Resolves when the app first passed its health check and announcing began. */
+  private readonly firstHealthy = Promise.withResolvers<void>()
   private readonly healthIntervalMs: number
   private readonly unhealthyAfter: number
 
@@ -43,9 +45,20 @@ export class Advertiser {
     return this.announcer.announced
   }
 
-  /** Resolves once the instance has first been advertised. */
-  async whenAdvertised (): Promise<void> {
-    await this.firstAdvert.promise
+  /**
+   * Resolves once the instance has first been advertised; with `maxWaitMs`, at the latest that
+   * long after the app was found healthy. Putting the provider record waits for the DHT's
+   * closest peers, and one hung peer holds that up for seconds: a cold start need not wait
+   * for it (its requester is given the instance directly; the record follows).
+   */
+  async whenAdvertised (maxWaitMs?: number): Promise<void> {
+    if (maxWaitMs == null) {
+      await this.firstAdvert.promise
+      return
+    }
+    let timer: NodeJS.Timeout | undefined
+    const capped = this.firstHealthy.promise.then(async () => { await new Promise<void>(resolve => { timer = setTimeout(resolve, maxWaitMs) }) })
+    await Promise.race([this.firstAdvert.promise, capped]).finally(() => { clearTimeout(timer) })
   }
 
   start (): void {
@@ -65,6 +78,7 @@ export class Advertiser {
     try {
       if (healthy) {
         this.failures = 0
+        this.firstHealthy.resolve()
         if (!this.announcer.announcing) await this.announcer.announce()
         if (this.stopped) return
         if (this.announcer.announced && !this.reported) {

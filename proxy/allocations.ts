@@ -65,6 +65,7 @@ export class Allocations {
     const deadline = AbortSignal.timeout(this.coldStartTimeoutMs)
     try {
       const allocators = await this.findAllocators(hardRttMs, deadline)
+      this.init.log.debug({ service: record.name, allocators: allocators.length, ms: Math.round(performance.now() - started) }, 'cold start: allocators found')
       if (allocators.length === 0) throw new MeshError(503, 'no_allocator', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms, and no allocator within it to start one`)
       const instance = await this.requestFrom(allocators, record, hardRttMs, deadline)
       this.init.log.info({ service: record.name, instance: instance.id.toString(), rttMs: instance.rttMs, ms: Math.round(performance.now() - started) }, 'cold start: instance allocated')

@@ -154,9 +154,9 @@ export class Proxy {
     }
   }
 
-  /** Resolves once a server proxy has advertised its instance (at once in client mode). */
-  async whenAdvertised (): Promise<void> {
-    await this.advertiser?.whenAdvertised()
+  /** Resolves once a server proxy has advertised its instance (at once in client mode); see Advertiser. */
+  async whenAdvertised (maxWaitMs?: number): Promise<void> {
+    await this.advertiser?.whenAdvertised(maxWaitMs)
   }
 
   /**

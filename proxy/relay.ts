@@ -52,7 +52,7 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
         port: target.port,
         method: req.method,
         path: target.path,
-        headers: forwardRawHeaders(req.rawHeaders, { ...target.forward, chunked: sendsChunked(req) }) as unknown as Record<string, string>,
+        headers: requestHeaders(req, target.forward) as unknown as Record<string, string>,
         setHost: false
       })
     } catch (err) {
@@ -128,9 +128,16 @@ export async function relay (req: IncomingMessage, res: ServerResponse, target: 
   })
 }
 
-/** Whether Node sends this request on chunked: a body of unknown length, on a method that has one. */
-function sendsChunked (req: IncomingMessage): boolean {
-  return req.headers['content-length'] == null && /chunked/i.test(req.headers['transfer-encoding'] ?? '') && !NO_DEFAULT_BODY.has(req.method ?? '')
+/**
+ * The forwarded request's headers. A chunked body goes on chunked, whatever the method: Node's
+ * client chunks only some methods by default, and would send a GET's chunked body unframed,
+ * for the app to read as the start of another request (request smuggling).
+ */
+function requestHeaders (req: IncomingMessage, forward: ForwardHeaders | undefined): string[] {
+  const chunked = req.headers['content-length'] == null && /chunked/i.test(req.headers['transfer-encoding'] ?? '')
+  const headers = forwardRawHeaders(req.rawHeaders, { ...forward, chunked })
+  if (chunked) headers.push('Transfer-Encoding', 'chunked')
+  return headers
 }
 
 /** Whether Node answers this on chunked: a body of unknown length, to an HTTP/1.1 client. */
@@ -139,9 +146,6 @@ function answersChunked (req: IncomingMessage, answer: IncomingMessage): boolean
   const bodiless = req.method === 'HEAD' || status === 204 || status === 304 || (status >= 100 && status < 200)
   return !bodiless && answer.headers['content-length'] == null && (req.httpVersionMajor > 1 || req.httpVersionMinor >= 1)
 }
-
-/** Methods Node's client does not chunk by default (useChunkedEncodingByDefault is false). */
-const NO_DEFAULT_BODY = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS', 'TRACE', 'CONNECT'])
 
 /** RFC 9110 §9.2.2: a retry of these has the same effect as one request. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])

@@ -179,6 +179,7 @@ export class Router {
     const first = await Promise.race([discovery, grace]).finally(() => { clearTimeout(timer) })
     if (first instanceof PeerState) return first
     if (first === undefined) return await this.coldStart(entry)
+    this.init.log.debug({ service: entry.record.name }, 'no instance found within the grace period: asking for a cold start too')
     const started = this.coldStart(entry)
     const found = discovery.then(peer => peer ?? started)
     // Whichever has a peer first; a cold start's failure stands only if the walk found nobody.
