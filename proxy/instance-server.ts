@@ -1,4 +1,5 @@
 import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Duplex } from 'node:stream'
 import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
@@ -70,6 +71,12 @@ export class InstanceServer {
     ;(this.server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true
     this.server.on('request', this.onRequest)
     this.server.on('checkContinue', this.onRequest)
+    // Protocol upgrades are not carried over the mesh. Without a listener Node neither answers
+    // them nor reports a broken body behind one: the stream would hang until a deadline.
+    this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
+      const body = JSON.stringify({ error: { code: 501, reason: 'upgrade_unsupported', message: 'protocol upgrades are not carried over the mesh' } })
+      socket.end(`HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
+    })
     this.server.on('clientError', (err: Error, socket) => {
       init.log.debug({ err: err.message }, 'bad HTTP on a mesh stream')
       answerClientError(err, socket)

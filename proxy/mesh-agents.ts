@@ -16,6 +16,13 @@ export const MAX_HTTP_STREAMS = 4096
  * client always gives a stream up before the server closes it under a request.
  */
 export const POOLED_STREAM_IDLE_MS = 30_000
+
+/**
+ * Opening a stream takes ~1.3 ms on an open connection, and a dial of a new one a few round
+ * trips: one that takes this long is to a peer going away, and the request is better retried
+ * elsewhere (it provably never left) than held.
+ */
+const STREAM_OPEN_TIMEOUT_MS = 5_000
 export const SERVER_KEEP_ALIVE_MS = 35_000
 
 /**
@@ -32,7 +39,7 @@ class PeerAgent extends Agent {
   }
 
   override createConnection (_options: ClientRequestArgs, callback?: (err: Error | null, socket: Duplex) => void): Duplex | null | undefined {
-    const dial = deadline(10_000, this.dials.signal)
+    const dial = deadline(STREAM_OPEN_TIMEOUT_MS, this.dials.signal)
     this.node.dialProtocol(this.peer, HTTP_PROTOCOL, { maxOutboundStreams: MAX_HTTP_STREAMS, signal: dial.signal })
       .then(stream => { callback?.(null, new StreamSocket(stream, this.peer.toString())) })
       .catch(err => { callback?.(err as Error, undefined as unknown as Duplex) })
