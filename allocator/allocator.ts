@@ -60,6 +60,8 @@ export class Allocator {
   /** Starts admitted but without a supervisor yet, by service: each counts once, here or as a supervisor. */
   private readonly reserved = new Map<string, number>()
   private readonly starts = new WeakMap<InstanceSupervisor, Promise<AllocInstance>>()
+  /** A start admitted for a service before its supervisor exists, for requests to share meanwhile. */
+  private readonly pendingStarts = new Map<string, Promise<AllocInstance>>()
   private readonly rateLimiter: PeerRateLimiter
   /** Services whose untrusted record was logged, so a flood logs once per service. */
   private readonly untrustedLogged = new Set<string>()
@@ -153,6 +155,10 @@ export class Allocator {
       // see it (once: the reservation ends as the supervisor is added).
       this.reserve(service, 1)
       let reserved = true
+      const shared = Promise.withResolvers<AllocInstance>()
+      shared.promise.catch(() => {})
+      const sharing = !this.pendingStarts.has(service)
+      if (sharing) this.pendingStarts.set(service, shared.promise)
       let supervisor: InstanceSupervisor | undefined
       try {
         if (record.maxInstances != null) {
@@ -187,6 +193,7 @@ export class Allocator {
         // first requester gave up on still ends in a usable instance (or a clean failure).
         const start = supervisor.start()
         this.starts.set(supervisor, start)
+        shared.resolve(start)
         const instance = await raceSignal(start, signal)
         this.counters.starts.inc({ service })
         this.counters.latency.observe({ service }, (performance.now() - started) / 1000)
@@ -197,9 +204,11 @@ export class Allocator {
           this.supervisors.delete(supervisor)
           this.floor.remove(supervisor)
         }
+        shared.reject(err)
         throw err
       } finally {
         if (reserved) this.reserve(service, -1)
+        if (sharing && this.pendingStarts.get(service) === shared.promise) this.pendingStarts.delete(service)
       }
     } catch (err) {
       const coded = err instanceof AllocationError ? err : new AllocationError('internal', (err as Error).message, { cause: err })
@@ -232,7 +241,7 @@ export class Allocator {
     const mine = [...this.supervisors].filter(s => s.service === record.name && LIVE_STATES.has(s.state))
     if (mine.length + (this.reserved.get(record.name) ?? 0) < cap) return undefined
     const usable = mine.find(s => s.state === 'healthy') ?? mine.find(s => s.state === 'starting')
-    const start = usable != null ? this.starts.get(usable) : undefined
+    const start = usable != null ? this.starts.get(usable) : this.pendingStarts.get(record.name)
     if (start == null) throw new AllocationError('capacity', `'${record.name}' already runs the ${cap} instance${cap === 1 ? '' : 's'} it may have on this allocator`)
     return start
   }

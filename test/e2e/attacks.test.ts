@@ -34,7 +34,9 @@ describe('attacks on a default install', () => {
     await chmod(scratch, 0o777)
     config = await writeTestConfig({
       hello: { command, health: '/healthz' },
-      other: { command, health: '/healthz' }
+      other: { command, health: '/healthz' },
+      // maxInstances: its start first counts the mesh's instances, so requests arrive while it does.
+      third: { command, health: '/healthz', maxInstances: 1 }
     })
     allocator = await startDaemon('hyphae-allocator', ['--configfile', config.file, '--runtime', 'process', '--metrics', '0', '--max-instances', '4'])
     client = await startClientProxy(config, allocator, ['--metrics', '0'])
@@ -161,6 +163,14 @@ describe('attacks on a default install', () => {
     console.log(`300 stalled uploads: ${refused} refused at once (503), the rest closed when their body stalled`)
   }, 60_000)
 
+  it('shares one start among requests that arrive together for a service with no instance', async () => {
+    const answers = await Promise.all(Array.from({ length: 5 }, async () =>
+      await requestAllocation(attacker, peerIdFromString(allocator.ready.peerId), 'third', AbortSignal.timeout(30_000))))
+    expect(answers.every(a => a.ok)).toBe(true)
+    expect(new Set(answers.map(a => a.ok ? a.instance.peerId : ''))).toHaveProperty('size', 1)
+    expect((await instances()).filter(i => i.service === 'third')).toHaveLength(1)
+  })
+
   it('an allocation flood from one peer starts nothing more and leaves room for another service', async () => {
     const answers: AllocResponse[] = []
     // In waves of 50: one connection carries at most 64 outbound streams of a protocol.
@@ -172,6 +182,7 @@ describe('attacks on a default install', () => {
     for (const a of answers) codes.set(a.ok ? 'ok' : a.error.code, (codes.get(a.ok ? 'ok' : a.error.code) ?? 0) + 1)
     console.log(`allocation flood: ${JSON.stringify(Object.fromEntries(codes))}`)
     expect(codes.get('rate_limited')).toBeGreaterThan(150)
+    expect(codes.get('ok')).toBeLessThanOrEqual(20)
     expect([...codes.keys()].every(c => c === 'ok' || c === 'rate_limited')).toBe(true)
     // Every admitted request got the one instance already there.
     expect(new Set(answers.filter(a => a.ok).map(a => a.ok ? a.instance.peerId : ''))).toHaveProperty('size', 1)
