@@ -189,7 +189,8 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
   })
 
   it('fails start() as unhealthy when the health path never passes, and as sidecar_failed when the proxy fails', async () => {
-    const unhealthy = await harness(`node ${HELLO_SCRIPT}`, { health: '/no-such-path' }, { startTimeoutMs: 800 })
+    // Long enough for node to start on a loaded machine (else it is a 'timeout': never answered).
+    const unhealthy = await harness(`node ${HELLO_SCRIPT}`, { health: '/no-such-path' }, { startTimeoutMs: 3000 })
     await expect(unhealthy.supervisor.start()).rejects.toMatchObject({ code: 'unhealthy', message: /HTTP 404/ })
     expect(running(unhealthy.runtime.pids[0])).toBe(false)
 
