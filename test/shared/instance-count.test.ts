@@ -104,9 +104,9 @@ describe('InstanceCounter', () => {
     const cid = await serviceCid(record)
     for (const node of [one, two, gone]) await node.contentRouting.provide(cid, { signal: AbortSignal.timeout(5000) })
 
-    // The walk's own deadline (1 s by default) is a production trade-off; here a loaded CI
-    // machine must not cut the walk short: this test is about live versus stale providers.
-    const counter = new InstanceCounter({ node: asker, log, cacheMs: 60_000, lookupTimeoutMs: 10_000 })
+    // The walk and ping deadlines (1 s by default) are production trade-offs; here a loaded CI
+    // machine must not cut them short: this test is about live versus stale providers.
+    const counter = new InstanceCounter({ node: asker, log, cacheMs: 60_000, lookupTimeoutMs: 10_000, pingTimeoutMs: 5000 })
     expect(await counter.count(record)).toBe(3)
     const peers = await counter.providers(record)
     expect([...peers].sort()).toEqual([one, two, gone].map(n => n.peerId.toString()).sort())
