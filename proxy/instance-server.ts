@@ -5,7 +5,7 @@ import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import { answerClientError, sendError } from './errors.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from './mesh-agents.js'
-import { relay, RelayError } from './relay.js'
+import { hasNoBody, relay, RelayError } from './relay.js'
 import { StreamSocket } from './stream-socket.js'
 
 /**
@@ -158,7 +158,8 @@ export class InstanceServer {
     this.inFlight++
     this.perPeer.set(peer, peerCount + 1)
     if (conn != null) conn.active++
-    const stopBodyWatch = req.complete ? undefined : this.watchBody(req, socket)
+    // Only a request with a body can stall in it: the rest pay for no timer.
+    const stopBodyWatch = hasNoBody(req) ? undefined : this.watchBody(req, socket)
     // Draining: this answer is the stream's last, so the client opens a new one elsewhere.
     if (this.draining) res.shouldKeepAlive = false
     this.init.onRequest?.('start')
