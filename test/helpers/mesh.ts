@@ -40,13 +40,29 @@ export async function startHelloApp (instance?: string): Promise<App> {
   return Object.assign(app, { port: app.ready })
 }
 
-/** A free TCP port on 127.0.0.1 (for daemons whose address must be known before they start). */
+/**
+ * A free TCP port on 127.0.0.1 (for daemons whose address must be known before they start).
+ * Drawn from below the kernel's ephemeral range: a port handed out by `listen(0)` and closed
+ * again can be taken by any outgoing connection or `listen(0)` in a parallel test before the
+ * daemon binds it (CI saw "127.0.0.1:P is in use"). Below the range, only another draw here
+ * can collide, and the bind check catches what is already taken.
+ */
 export async function freePort (): Promise<number> {
-  const server = createServer()
-  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
-  const port = (server.address() as { port: number }).port
-  await new Promise<void>(resolve => server.close(() => { resolve() }))
-  return port
+  const LOW = 20_000
+  const HIGH = 32_000
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = LOW + Math.floor(Math.random() * (HIGH - LOW))
+    const server = createServer()
+    const bound = await new Promise<boolean>(resolve => {
+      server.once('error', () => { resolve(false) })
+      server.listen(port, '127.0.0.1', () => { resolve(true) })
+    })
+    if (bound) {
+      await new Promise<void>(resolve => server.close(() => { resolve() }))
+      return port
+    }
+  }
+  throw new Error(`no free port in ${LOW}-${HIGH} after 50 tries`)
 }
 
 export function bootstrapAddr (daemon: Daemon): string {
