@@ -97,9 +97,12 @@ describe('attacks on a default install', () => {
       await Promise.all(Array.from({ length: 64 }, worker))
       return statuses
     }
+    const heapUsed = async (): Promise<number> => metricValue(await clientMetrics(), 'hyphae_proxy_nodejs_heap_size_used_bytes', {})
     const rssAtStart = await rssOf(client.pid)
+    const heapAtStart = await heapUsed()
     const statuses = await round(20_000)
     const rssAfterFirst = await rssOf(client.pid)
+    const heapAfterFirst = await heapUsed()
     // 404 each, or 503 beyond the lookups the registry makes per second: never anything else.
     expect([...statuses.keys()].every(s => s === 404 || s === 503)).toBe(true)
     expect(statuses.get(404)).toBeGreaterThan(200)
@@ -112,7 +115,9 @@ describe('attacks on a default install', () => {
     await round(20_000)
     agent.destroy()
     const rssAtEnd = await rssOf(client.pid)
-    console.log(`40,000 unknown names: first 20,000 ${JSON.stringify(Object.fromEntries(statuses))}; RSS ${Math.round(rssAtStart / 1e6)} → ${Math.round(rssAfterFirst / 1e6)} MB after 20,000 → ${Math.round(rssAtEnd / 1e6)} MB after 40,000; /metrics ${metrics.length} bytes`)
+    const heapAtEnd = await heapUsed()
+    const mb = (bytes: number): number => Math.round(bytes / 1e6)
+    console.log(`40,000 unknown names: first 20,000 ${JSON.stringify(Object.fromEntries(statuses))}; RSS ${mb(rssAtStart)} → ${mb(rssAfterFirst)} MB after 20,000 → ${mb(rssAtEnd)} MB after 40,000; V8 heap used ${mb(heapAtStart)} → ${mb(heapAfterFirst)} → ${mb(heapAtEnd)} MB; /metrics ${metrics.length} bytes`)
     expect(rssAtEnd - rssAfterFirst).toBeLessThan(40e6)
   }, 300_000)
 
