@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { availableParallelism, totalmem } from 'node:os'
+import { availableParallelism, hostname, totalmem } from 'node:os'
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
 import { raceSignal } from '../shared/abort.js'
 import { Announcer } from '../shared/announcer.js'
@@ -9,6 +9,8 @@ import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { OriginRecordSource } from '../shared/registry/registry.js'
+import { normalizePeerIds } from '../shared/registry/signed-record.js'
+import { handleStatus, STATUS_PROTOCOL, VERSION, type NodeStatus } from '../shared/status-protocol.js'
 import { checkTrust, instanceCap, PeerRateLimiter, type PeerRateLimiterInit } from './admission.js'
 import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from './alloc-protocol.js'
 import { AllocationError } from './errors.js'
@@ -66,6 +68,7 @@ export class Allocator {
   /** Services whose untrusted record was logged, so a flood logs once per service. */
   private readonly untrustedLogged = new Set<string>()
   private stopping = false
+  private readonly startedAt = performance.now()
   private readonly capacity: { cpus: number, memoryMb: number }
   private readonly counters: {
     starts: Counter<'service'>
@@ -114,6 +117,7 @@ export class Allocator {
           if (!answer.ok) log.debug({ code: answer.error.code, err: answer.error.message }, 'allocation refused')
         })
     }, { maxInboundStreams: 256 })
+    await handleStatus(node, () => this.status())
     this.announcer = new Announcer({ node, cid: await allocatorCid(), log })
     await this.announcer.announce().catch(err => { log.warn({ err: (err as Error).message }, 'could not advertise the allocator yet; retrying') })
   }
@@ -123,6 +127,7 @@ export class Allocator {
     this.floor.stop()
     await this.announcer?.withdraw()
     await this.init.node.unhandle(ALLOC_PROTOCOL).catch(() => {})
+    await this.init.node.unhandle(STATUS_PROTOCOL).catch(() => {})
     await Promise.all([...this.supervisors].map(async s => { await s.stop() }))
     this.supervisors.clear()
   }
@@ -130,6 +135,21 @@ export class Allocator {
   /** Instances for the status route. */
   list (): Array<{ service: string, state: string, relaunches: number, peerId?: string }> {
     return [...this.supervisors].map(s => ({ service: s.service, state: s.state, relaunches: s.relaunches, peerId: s.peerId }))
+  }
+
+  /** What `/hyphae/status/1.0.0` answers. */
+  status (): NodeStatus {
+    const { node } = this.init
+    return {
+      role: 'allocator',
+      host: hostname(),
+      peerId: node.peerId.toString(),
+      version: VERSION,
+      uptimeS: Math.round((performance.now() - this.startedAt) / 1000),
+      addresses: node.getMultiaddrs().map(ma => ma.toString()),
+      trustedSigners: [...normalizePeerIds(this.init.trustedSigners ?? [])],
+      instances: this.list()
+    }
   }
 
   /**

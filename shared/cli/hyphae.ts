@@ -11,6 +11,7 @@ import { errorMessage, UsageError } from '../errors.js'
 import { createKeyFile, loadOrCreateKey } from '../identity.js'
 import { createLogger, type Logger } from '../log.js'
 import { InvalidRecordError, parseRecord, SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from '../registry/record.js'
+import type { MeshNode } from '../node.js'
 import type { Registry } from '../registry/registry.js'
 
 /** Where a command writes; main() takes it so tests and embedders can capture output. */
@@ -170,13 +171,16 @@ ${COMMON_HELP}`)
   }
   const signer = await signingKey(values.key, io)
 
-  return await withShortLivedNode(values as CommonOptions, config, log, async (reg, signal) => {
+  return await withShortLivedNode(values as CommonOptions, config, log, async (reg, signal, node) => {
     const result = await reg.publish(record, signer, { signal })
     if (result.storedOn === 0) throw new Error(`no peer stored the record for '${name}'`)
     io.out(`stored ${result.key} seq=${result.record.seq} signer=${result.signer}`)
-    if (config.registryKeys.length === 0) {
-      io.err(`hyphae: warning: RegistryKeys is empty in ${values.configfile ?? 'the default config'}: allocators with this config run only their static Services, never a record from the DHT; list ${result.signer} in their RegistryKeys to have '${name}' run`)
-    }
+    const { surveyAllocatorTrust } = await import('./allocator-trust.js')
+    const survey = await surveyAllocatorTrust(node, result.signer)
+    const fix = `list ${result.signer} in an allocator's RegistryKeys to have '${name}' run there`
+    if (survey.answered === 0) io.err(`hyphae: warning: no allocator answered: cannot tell whether any will run '${name}' (allocators run DHT records only from signers in their RegistryKeys)`)
+    else if (survey.trusting === 0) io.err(`hyphae: warning: none of the ${survey.answered} allocators seen runs records signed by ${result.signer}: ${fix}`)
+    else io.err(`hyphae: ${survey.trusting} of the ${survey.answered} allocators seen run records signed by ${result.signer}`)
     return 0
   })
 }
@@ -294,7 +298,7 @@ async function signingKey (file: string | undefined, io: Io): Promise<PrivateKey
  * Registry on it, and stops everything. The node takes a fresh identity even with --key:
  * --key signs, and a daemon may be running under that key's peer ID right now.
  */
-async function withShortLivedNode (options: CommonOptions, config: MeshConfig, log: Logger, fn: (registry: Registry, signal: AbortSignal) => Promise<number>): Promise<number> {
+async function withShortLivedNode (options: CommonOptions, config: MeshConfig, log: Logger, fn: (registry: Registry, signal: AbortSignal, node: MeshNode) => Promise<number>): Promise<number> {
   // Loaded here, not at the top: libp2p takes most of a second to import, which --help,
   // keygen and usage errors need not pay.
   const { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable } = await import('../node.js')
@@ -320,7 +324,7 @@ async function withShortLivedNode (options: CommonOptions, config: MeshConfig, l
       }
     }
     reg.start()
-    return await fn(reg, signal)
+    return await fn(reg, signal, node)
   } finally {
     await reg.stop()
     await node.stop()

@@ -1,9 +1,11 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { lpStream } from '@libp2p/utils'
+import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { ALLOC_PROTOCOL, requestAllocation, type AllocResponse } from '../../allocator/alloc-protocol.js'
 import type { MeshNode } from '../../shared/node.js'
+import { requestStatus, VERSION } from '../../shared/status-protocol.js'
 import { registryKey, signRecord } from '../../shared/registry/signed-record.js'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { HELLO_SCRIPT, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
@@ -84,5 +86,13 @@ describe('allocation protocol under bad input', () => {
   it('keeps serving valid requests afterwards', async () => {
     const answer = await requestAllocation(node, target(), 'hello', AbortSignal.timeout(15000))
     expect(answer.ok).toBe(true)
+  })
+
+  it('answers /hyphae/status/1.0.0 with who it is, whom it trusts and what it runs', async () => {
+    const status = await requestStatus(node, peerIdFromString(allocator.ready.peerId), AbortSignal.timeout(5000))
+    expect(status).toMatchObject({ role: 'allocator', peerId: allocator.ready.peerId, version: VERSION, trustedSigners: [] })
+    expect(status.uptimeS).toBeGreaterThanOrEqual(0)
+    expect(status.addresses).toContain(allocator.ready.multiaddrs[0])
+    expect(status.instances).toContainEqual(expect.objectContaining({ service: 'hello', state: 'healthy' }))
   })
 })

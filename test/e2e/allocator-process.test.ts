@@ -102,6 +102,7 @@ describe('allocator (process runtime)', () => {
     const put = await runCli('hyphae', ['registry', 'put', 'published', '--command', command, '--health', '/healthz', '--key', publisherKey, '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
     expect(put.code).toBe(0)
     expect(put.stdout).toMatch(/^stored \/hyphae\/svc\/published seq=\d+ signer=12D3/)
+    expect(put.stderr).toMatch(/1 of the 1 allocators seen run records signed by 12D3/)
     const answer = await http(`${base}/published/`)
     expect(answer.status).toBe(200)
     expect(answer.body.toString()).toMatch(/^hello from /)

@@ -60,6 +60,8 @@ describe('attacks on a default install', () => {
     const marker = join(scratch, 'pwned')
     const put = await runCli('hyphae', ['registry', 'put', 'pwn', '--command', `touch ${marker}; exec ${command}`, '--health', '/healthz', '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
     expect(put.code).toBe(0)
+    // The publisher is told, from the allocators' own status, that none will run it.
+    expect(put.stderr).toMatch(/warning: none of the 1 allocators seen runs records signed by 12D3Koo\w+: list/)
     // The client proxy routes to it (any signer, for routing), but no allocator runs it.
     const answer = await http(`${base}/pwn/`)
     expect(answer.status).toBe(503)
