@@ -2,7 +2,7 @@ import type { ResolvedRecord } from '../shared/registry/registry.js'
 import { normalizePeerIds } from '../shared/registry/signed-record.js'
 import { TokenBucket } from '../shared/token-bucket.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
-import { AllocationError } from './errors.js'
+import { AllocationError } from '../shared/protocols/alloc-errors.js'
 
 /**
  * The trust rule (DESIGN.md): an allocator runs the operator's own static records, and

@@ -1,19 +1,20 @@
 import { randomBytes } from 'node:crypto'
 import { availableParallelism, hostname, totalmem } from 'node:os'
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
+import { Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
 import { raceSignal } from '../shared/abort.js'
 import { Announcer } from '../shared/announcer.js'
 import { allocatorCid } from '../shared/cids.js'
-import { InstanceCounter, MinInstancesGuard } from '../shared/instance-count.js'
+import { InstanceCounter } from '../shared/instance-count.js'
+import { MinInstancesGuard } from './min-instances.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { OriginRecordSource } from '../shared/registry/registry.js'
 import { normalizePeerIds } from '../shared/registry/signed-record.js'
-import { handleStatus, STATUS_PROTOCOL, VERSION, type NodeStatus } from '../shared/status-protocol.js'
+import { handleStatus, STATUS_PROTOCOL, VERSION, type NodeStatus } from '../shared/protocols/status.js'
 import { checkTrust, instanceCap, PeerRateLimiter, type PeerRateLimiterInit } from './admission.js'
-import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from './alloc-protocol.js'
-import { AllocationError } from './errors.js'
+import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from '../shared/protocols/alloc.js'
+import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { freeLocalPort, type Runtime } from './runtime.js'
 import { InstanceSupervisor, type Sidecar, type SupervisorEvent } from './supervisor.js'
 
@@ -23,6 +24,8 @@ export interface SidecarStarter {
 
 export interface AllocatorInit {
   node: MeshNode
+  /** Where its metrics go (the daemon's registry, with the process metrics); default: its own. */
+  metrics?: MetricsRegistry
   registry: OriginRecordSource
   /** RegistryKeys: who may sign the DHT records this allocator runs (empty: static records only). */
   trustedSigners?: readonly string[]
@@ -53,7 +56,7 @@ const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
  * by its own supervisor (health, relaunch, culling).
  */
 export class Allocator {
-  readonly metrics = new MetricsRegistry()
+  readonly metrics: MetricsRegistry
   private readonly supervisors = new Set<InstanceSupervisor>()
   /** Holds culling back where a record's minInstances would be undercut mesh-wide. */
   private readonly floor: MinInstancesGuard
@@ -83,8 +86,8 @@ export class Allocator {
     this.instanceCounter = new InstanceCounter({ node: init.node, log: init.log })
     this.floor = new MinInstancesGuard({ counter: this.instanceCounter, log: init.log })
     this.rateLimiter = new PeerRateLimiter(init.admission)
+    this.metrics = init.metrics ?? new MetricsRegistry()
     const registers = [this.metrics]
-    collectDefaultMetrics({ register: this.metrics, prefix: 'hyphae_allocator_' })
     this.counters = {
       starts: new Counter({ name: 'hyphae_allocator_starts_total', help: 'Instances started on request', labelNames: ['service'], registers }),
       relaunches: new Counter({ name: 'hyphae_allocator_relaunches_total', help: 'Instances relaunched after failing health checks or exiting', labelNames: ['service'], registers }),

@@ -1,7 +1,7 @@
 import { Writable } from 'node:stream'
 import Docker from 'dockerode'
 import type { Logger } from '../shared/log.js'
-import { AllocationError } from './errors.js'
+import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { AppOutput, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
 
 export const LABEL_ALLOCATOR = 'hyphae.allocator'

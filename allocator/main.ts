@@ -5,6 +5,7 @@ import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { defaultDataDir, openDataDir } from '../shared/data-dir.js'
 import { UsageError } from '../shared/errors.js'
 import { MetricsServer } from '../shared/metrics-server.js'
+import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
 import { Allocator } from './allocator.js'
 import { chooseRuntime } from './runtimes.js'
 import { InProcessSidecars, ProcessSidecars } from './sidecar.js'
@@ -95,7 +96,9 @@ runDaemon('hyphae-allocator', async () => {
     const sidecars = sidecarKind === 'process'
       ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
       : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
-    allocator = new Allocator({ node, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, log, ...settings })
+    const metricsRegistry = new MetricsRegistry()
+    collectDefaultMetrics({ register: metricsRegistry, prefix: 'hyphae_allocator_' })
+    allocator = new Allocator({ node, metrics: metricsRegistry, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, log, ...settings })
     await allocator.start()
     const current = allocator
     metrics = new MetricsServer({

@@ -6,7 +6,7 @@ import { dirname, join, resolve } from 'node:path'
 import { setTimeout as delay } from 'node:timers/promises'
 import { promisify } from 'node:util'
 import type { Logger } from '../shared/log.js'
-import { AllocationError } from './errors.js'
+import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { AppOutput, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
 
 export interface ProcessRuntimeInit {

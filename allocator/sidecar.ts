@@ -1,8 +1,10 @@
 import { spawn } from 'node:child_process'
+import { request } from 'node:http'
 import { createInterface } from 'node:readline'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr'
-import { Proxy } from '../proxy/proxy.js'
+import { Registry as MetricsRegistry } from 'prom-client'
+import { InstanceProxy } from '../proxy/instance-proxy.js'
 import type { RecordSource } from '../shared/registry/registry.js'
 import type { MeshConfig } from '../shared/config.js'
 import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
@@ -101,8 +103,27 @@ export class ProcessSidecars {
       void exited.then(code => { fail(new Error(`the proxy for ${service} exited (code ${String(code)}) before it was ready`)) })
     })
     init.log.debug({ service, peer: ready.peerId, pid: child.pid }, 'sidecar proxy ready')
-    return { peerId: ready.peerId, multiaddrs: ready.multiaddrs, metricsPort: ready.metrics, stop, exited }
+    return { peerId: ready.peerId, multiaddrs: ready.multiaddrs, idle: async timeoutMs => await fetchIdleSeconds(ready.metrics, timeoutMs), stop, exited }
   }
+}
+
+/** The sidecar's idle seconds, or undefined if it did not answer with a number. */
+async function fetchIdleSeconds (metricsPort: number, timeoutMs: number): Promise<number | undefined> {
+  return await new Promise<number | undefined>(resolve => {
+    const req = request({ host: '127.0.0.1', port: metricsPort, path: '/', method: 'GET', agent: false, timeout: timeoutMs }, res => {
+      let body = ''
+      res.setEncoding('utf8')
+      res.on('data', (chunk: string) => { if (body.length < 64) body += chunk })
+      res.on('end', () => {
+        const text = body.trim()
+        resolve(res.statusCode === 200 && /^\d+$/.test(text) ? Number(text) : undefined)
+      })
+      res.on('error', () => { resolve(undefined) })
+    })
+    req.on('timeout', () => { req.destroy(new Error('timeout')) })
+    req.on('error', () => { resolve(undefined) })
+    req.end()
+  })
 }
 
 export interface InProcessSidecarsInit {
@@ -145,7 +166,7 @@ export class InProcessSidecars {
       dhtClientMode: true,
       ...registryDhtInit(init.config.registryKeys)
     })
-    let proxy: Proxy | undefined
+    let proxy: InstanceProxy | undefined
     const stopNode = async (): Promise<void> => {
       await proxy?.stop()
       await node.stop()
@@ -154,14 +175,18 @@ export class InProcessSidecars {
       await node.start()
       await dialBootstraps(node, init.bootstraps(), init.log, signal)
       await waitForRoutingTable(node, 5000)
-      proxy = new Proxy({
+      proxy = new InstanceProxy({
         node,
         registry: init.records,
-        config: init.config,
-        log: init.log.child({ sidecar: node.peerId.toString() }),
-        port: 0,
-        server: { service, app, healthIntervalMs: init.healthIntervalMs, scaleWindowMs: init.scaleWindowMs },
-        metricsPort: 0
+        log: init.log.child({ component: 'instance', sidecar: node.peerId.toString() }),
+        // Its own registry: no endpoint reads it yet, and it goes with the instance.
+        metrics: new MetricsRegistry(),
+        service,
+        app,
+        defaultTargetRps: init.config.targetRps,
+        defaultHardRttMs: init.config.hardRttMs,
+        healthIntervalMs: init.healthIntervalMs,
+        scaleWindowMs: init.scaleWindowMs
       })
       await proxy.start()
       await raceSignal(proxy.whenAdvertised(ADVERTISE_WAIT_MS), signal)
@@ -169,11 +194,12 @@ export class InProcessSidecars {
       await stopNode().catch(() => {})
       throw err
     }
+    const instance = proxy
     const exited = Promise.withResolvers<void>()
     return {
       peerId: node.peerId.toString(),
       multiaddrs: node.getMultiaddrs().map(ma => ma.toString()),
-      metricsPort: proxy.metricsPort ?? 0,
+      idle: async () => instance.idleSeconds,
       stop: async () => {
         await stopNode()
         exited.resolve()

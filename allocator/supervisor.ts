@@ -1,18 +1,16 @@
-import { request } from 'node:http'
 import { probeHealth, type ProbeResult } from '../shared/health.js'
 import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
-import { AllocationError } from './errors.js'
+import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import type { InstanceExit, InstanceSpec, Runtime, RuntimeInstance } from './runtime.js'
 
-export { AllocationError } from './errors.js'
 
 /** The server-mode proxy beside an instance, as the supervisor needs it. */
 export interface Sidecar {
   peerId: string
   multiaddrs: string[]
-  /** Its metrics port on 127.0.0.1: `GET /` answers the seconds since its last serviced request. */
-  metricsPort: number
+  /** Seconds since its instance last finished serving a request; undefined: no answer in time. */
+  idle: (timeoutMs: number) => Promise<number | undefined>
   stop: () => Promise<void>
   /** Settles when it ended, for whatever reason. */
   exited: Promise<unknown>
@@ -453,7 +451,7 @@ export class InstanceSupervisor {
   private async checkIdle (): Promise<void> {
     const sidecar = this.sidecar
     if (sidecar == null || this.init.cullable?.() === false) return
-    const idle = await fetchIdleSeconds(sidecar.metricsPort, this.cfg.healthTimeoutMs)
+    const idle = await sidecar.idle(this.cfg.healthTimeoutMs)
     if (idle === undefined || this.lifetime.signal.aborted || idle <= this.cfg.idleTimeoutS) return
     await this.end('culled', `idle for ${idle} s (timeout ${this.cfg.idleTimeoutS} s)`, true)
   }
@@ -577,23 +575,4 @@ function toAllocationError (err: unknown): AllocationError {
 
 function errorText (err: unknown): string {
   return err instanceof Error ? err.message : String(err)
-}
-
-/** The sidecar's idle seconds, or undefined if it did not answer with a number. */
-export async function fetchIdleSeconds (metricsPort: number, timeoutMs: number): Promise<number | undefined> {
-  return await new Promise<number | undefined>(resolve => {
-    const req = request({ host: '127.0.0.1', port: metricsPort, path: '/', method: 'GET', agent: false, timeout: timeoutMs }, res => {
-      let body = ''
-      res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { if (body.length < 64) body += chunk })
-      res.on('end', () => {
-        const text = body.trim()
-        resolve(res.statusCode === 200 && /^\d+$/.test(text) ? Number(text) : undefined)
-      })
-      res.on('error', () => { resolve(undefined) })
-    })
-    req.on('timeout', () => { req.destroy(new Error('timeout')) })
-    req.on('error', () => { resolve(undefined) })
-    req.end()
-  })
 }

@@ -2,13 +2,13 @@ import { setTimeout as delay } from 'node:timers/promises'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { requestAllocation } from '../allocator/alloc-protocol.js'
+import { requestAllocation } from '../shared/protocols/alloc.js'
 import { allocatorCid } from '../shared/cids.js'
 import { MeshError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
-import type { Candidate, PeerFinder } from './peer-finder.js'
+import type { Candidate, PeerFinder } from '../shared/peer-finder.js'
 
 export interface AllocationsInit {
   node: MeshNode

@@ -1,13 +1,13 @@
 import type { PeerId } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
 import { Counter, Gauge, type Registry } from 'prom-client'
-import { requestAllocation, type AllocResponse } from '../allocator/alloc-protocol.js'
+import { requestAllocation, type AllocResponse } from '../shared/protocols/alloc.js'
 import { allocatorCid } from '../shared/cids.js'
 import type { InstanceCounter } from '../shared/instance-count.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
-import type { Candidate } from './peer-finder.js'
+import type { Candidate } from '../shared/peer-finder.js'
 
 /** Asks one allocator for an instance of a service (the `/hyphae/alloc/1.0.0` exchange). */
 export type RequestInstance = (allocator: PeerId, service: string, signal: AbortSignal) => Promise<AllocResponse>

@@ -129,51 +129,38 @@ export class Ingress {
     retryBudget?.deposit()
     const tried = new Set<string>()
     for (let attempt = 1; ; attempt++) {
-      let peer
+      let handle
       try {
-        peer = await router.pick(record, tried)
+        handle = await router.acquire(record, tried)
       } catch (err) {
         if (err instanceof MeshError) return this.fail(res, target.app, err, attempt > 1)
         throw err
       }
+      const { peer } = handle
       this.init.observePick?.(target.app, peer.rttMs)
-      const chosen = peer
-      let sentAt = performance.now()
-      chosen.inflight++
       try {
         const result = await relay(req, res, {
-          agent: agents.for(chosen.id),
+          agent: agents.for(peer.id),
           path: target.path,
           forward: { forwardedFor: req.socket.remoteAddress ?? '127.0.0.1', forwardedPrefix: `/${target.app}` },
           responseTimeoutMs: this.responseTimeoutMs,
-          // From the request leaving to its answer: time spent queued in this proxy before
-          // the write is the same whichever instance is picked, so it is left out.
-          onRequestSent: () => { sentAt = performance.now() },
-          // The first answer on a new stream also pays for opening it (protocol negotiation):
-          // a one-off cost, not the instance's latency.
-          onResponseStart: reused => { if (reused) chosen.observeLatency(performance.now() - sentAt, Date.now()) }
+          onRequestSent: () => { handle.sent() },
+          onResponseStart: reused => { handle.responded(reused) }
         })
-        chosen.inflight--
-        router.report(record, chosen.key, result.status >= 500 ? 'failed' : 'ok')
+        handle.completed(result.status)
         return { service: target.app, status: result.status, retried: attempt > 1 }
       } catch (err) {
-        chosen.inflight--
         if (!(err instanceof RelayError)) throw err
         // The client gave up: nothing to hold against the instance, no one to answer.
         if (err.clientGone) return { service: target.app, status: CLIENT_CLOSED, retried: attempt > 1 }
-        tried.add(chosen.key)
-        if (err.phase === 'connect') {
-          // No stream could be had at all: the instance is gone, not just slow.
-          router.markFailed(record, chosen.key)
-          agents.drop(chosen.id)
-        } else if (!err.reusedConnection) {
-          // (A pooled stream the server had just closed is no fault of the instance.)
-          router.report(record, chosen.key, 'failed')
-        }
-        this.init.log.warn({ service: target.app, peer: chosen.key, phase: err.phase, err }, 'instance failed a request')
+        tried.add(peer.key)
+        handle.failed(err.phase === 'connect' ? 'unreachable' : err.reusedConnection ? 'stale_stream' : 'failed')
+        this.init.log.warn({ service: target.app, peer: peer.key, phase: err.phase, err }, 'instance failed a request')
         if (attempt < MAX_ATTEMPTS && mayRetry(req, err) && (retryBudget?.tryWithdraw() ?? true)) continue
         if (err.timedOut) return this.fail(res, target.app, new MeshError(504, 'timeout', `the instance of '${target.app}' did not answer within ${this.responseTimeoutMs} ms`), attempt > 1)
         return this.fail(res, target.app, new MeshError(502, 'instance_failed', `the instance of '${target.app}' failed mid-request: ${err.message}`), attempt > 1)
+      } finally {
+        handle.release()
       }
     }
   }

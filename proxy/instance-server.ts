@@ -4,7 +4,7 @@ import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import { answerClientError, sendError } from './errors.js'
-import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from './mesh-agents.js'
+import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from '../shared/protocols/http.js'
 import { hasNoBody, relay, RelayError } from './relay.js'
 import { StreamSocket } from './stream-socket.js'
 

@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
+import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
 import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
 import { PortUnavailableError } from '../shared/listen.js'
+import { MetricsServer } from '../shared/metrics-server.js'
 import { parseAppAddress } from './address.js'
-import { Proxy } from './proxy.js'
+import { ClientProxy } from './client-proxy.js'
+import { InstanceProxy } from './instance-proxy.js'
 
 const USAGE = `usage: hyphae-proxy [OPTIONS] PORT                  client mode
        hyphae-proxy [OPTIONS] PORT SERVICE ADDRESS  server mode (ADDRESS: host:port of the app)
@@ -52,44 +55,75 @@ runDaemon('hyphae-proxy', async () => {
   const scaleWindowMs = parsePositiveInt(values['scale-window'], '--scale-window', 120) * 1000
 
   const base = await startMeshBase({ name: 'hyphae-proxy', options: values, registryTtlMs })
-  const proxy = new Proxy({
+  const log = base.log.child({ component: 'proxy' })
+  const metrics = new MetricsRegistry()
+  collectDefaultMetrics({ register: metrics, prefix: 'hyphae_proxy_' })
+  const client = new ClientProxy({
     node: base.node,
     registry: base.registry,
-    config: base.config,
-    log: base.log,
+    log,
+    metrics,
+    defaults: { softRttMs: base.config.softRttMs, hardRttMs: base.config.hardRttMs },
     port,
-    server: server != null ? { ...server, healthIntervalMs, scaleWindowMs } : undefined,
-    metricsPort,
     responseTimeoutMs,
     streamPerRequest: values['stream-per-request'] === true,
     coldStartTimeoutMs: parsePositiveInt(values['cold-start-timeout'], '--cold-start-timeout', 30_000)
   })
+  const instance = server != null
+    ? new InstanceProxy({
+      node: base.node,
+      registry: base.registry,
+      log: base.log.child({ component: 'instance' }),
+      metrics,
+      ...server,
+      defaultTargetRps: base.config.targetRps,
+      defaultHardRttMs: base.config.hardRttMs,
+      healthIntervalMs,
+      scaleWindowMs
+    })
+    : undefined
+  const metricsServer = metricsPort != null
+    ? new MetricsServer({
+      port: metricsPort,
+      registry: metrics,
+      routes: {
+        '/': () => ({ type: 'text', body: `${instance?.idleSeconds ?? 0}\n` }),
+        '/peers': () => ({ type: 'json', body: JSON.stringify(client.peers(), null, 2) })
+      }
+    })
+    : undefined
   const stop = async (): Promise<void> => {
-    base.log.info('stopping')
-    await proxy.stop()
+    log.info('stopping')
+    // Stop advertising and drain the instance first, so clients stop choosing it.
+    await instance?.stop()
+    await client.stop()
+    await metricsServer?.stop()
     await base.registry.stop()
     await base.node.stop()
   }
+  let metricsPortBound: number | undefined
   try {
-    await proxy.start()
+    await instance?.start()
+    await client.start()
+    metricsPortBound = await metricsServer?.start()
     if (server != null) {
-      base.log.info({ service: server.service, app: positionals[2] }, 'waiting for the app to answer its health path')
-      await proxy.whenAdvertised()
+      log.info({ service: server.service, app: positionals[2] }, 'waiting for the app to answer its health path')
+      await instance?.whenAdvertised()
     }
   } catch (err) {
     await stop().catch(() => {})
     // The metrics server names --metrics itself; a port in use without a flag is the ingress's.
     throw err instanceof PortUnavailableError && err.flag == null ? err.forFlag('PORT') : err
   }
-  const http = `http://127.0.0.1:${proxy.httpPort}`
-  base.log.info({ http, peerId: base.node.peerId.toString(), mode: server != null ? 'server' : 'client', service: server?.service }, 'proxy ready')
+  const http = `http://127.0.0.1:${client.httpPort}`
+  log.info({ http, peerId: base.node.peerId.toString(), mode: server != null ? 'server' : 'client', service: server?.service }, 'proxy ready')
   printReady({
     peerId: base.node.peerId.toString(),
     multiaddrs: base.node.getMultiaddrs().map(ma => ma.toString()),
     http,
     mode: server != null ? 'server' : 'client',
     ...(server != null ? { service: server.service } : {}),
-    ...(proxy.metricsPort != null ? { metrics: proxy.metricsPort } : {})
+    ...(metricsPortBound != null ? { metrics: metricsPortBound } : {})
   })
   return { stop }
 })

@@ -4,18 +4,8 @@ import type { Duplex } from 'node:stream'
 import type { PeerId } from '@libp2p/interface'
 import { deadline } from '../shared/abort.js'
 import type { MeshNode } from '../shared/node.js'
+import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, POOLED_STREAM_IDLE_MS } from '../shared/protocols/http.js'
 import { StreamSocket } from './stream-socket.js'
-
-export const HTTP_PROTOCOL = '/http/1.1'
-
-/** Streams one connection may carry at once, either way. */
-export const MAX_HTTP_STREAMS = 4096
-
-/**
- * How long a pooled stream may sit idle. Below the server side's keep-alive timeout, so the
- * client always gives a stream up before the server closes it under a request.
- */
-export const POOLED_STREAM_IDLE_MS = 30_000
 
 /**
  * Opening a stream takes ~1.3 ms on an open connection, and a dial of a new one a few round
@@ -23,7 +13,6 @@ export const POOLED_STREAM_IDLE_MS = 30_000
  * elsewhere (it provably never left) than held.
  */
 const STREAM_OPEN_TIMEOUT_MS = 5_000
-export const SERVER_KEEP_ALIVE_MS = 35_000
 
 /**
  * An HTTP agent whose connections are libp2p streams to one peer. Keep-alive reuses a stream

@@ -276,5 +276,5 @@ export function pickP2C (peers: readonly PeerState[], now: number, random: () =>
   if (firstLatency <= secondLatency * LATENCY_TOLERANCE && secondLatency <= firstLatency * LATENCY_TOLERANCE) {
     return second.inflight < first.inflight ? second : first
   }
-  return secondLatency * (second.inflight + 1) < firstLatency * (first.inflight + 1) ? second : first
+  return second.cost(now) < first.cost(now) ? second : first
 }

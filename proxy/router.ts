@@ -5,7 +5,8 @@ import type { ServiceRecord } from '../shared/registry/record.js'
 import type { Allocations } from './allocations.js'
 import type { PeerId } from '@libp2p/interface'
 import { PeerState, pickP2C, ServicePeers, type Level, type OutlierPolicy, type RequestOutcome, type RttLimits } from './peer-cache.js'
-import type { PeerFinder } from './peer-finder.js'
+import type { PeerFinder } from '../shared/peer-finder.js'
+import { LoadHandle } from './load-handle.js'
 
 export type { RttLimits }
 
@@ -18,8 +19,12 @@ export interface RouterInit {
   allocations?: Allocations
   /** How long a request with no cached instance waits on the DHT before asking for a cold start too. */
   coldStartGraceMs?: number
-  /** Called when an instance stops answering pings: what is in flight to it will not be answered. */
-  onPeerGone?: (peer: PeerId) => void
+  /**
+   * Called when an instance is given up on: its pooled streams are to be closed, and with
+   * `inFlight` (it stopped answering pings) the requests on them failed too, as they will not
+   * be answered.
+   */
+  onPeerGone?: (peer: PeerId, options: { inFlight: boolean }) => void
   outliers?: OutlierPolicy
   /** How often cached peers are pinged (with ±20% jitter). */
   pingIntervalMs?: number
@@ -107,10 +112,16 @@ export class Router {
     return chosen
   }
 
+  /** An instance for one request, held by the returned handle until it is released. */
+  async acquire (record: ServiceRecord, exclude?: ReadonlySet<string>, signal?: AbortSignal): Promise<LoadHandle> {
+    return new LoadHandle(await this.pick(record, exclude, signal), record, this)
+  }
+
   /** Drops an instance that could not be reached; it returns only if the DHT offers it and it answers. */
-  markFailed (record: ServiceRecord, peerKey: string): void {
+  unreachable (record: ServiceRecord, peer: PeerState): void {
     const cid = this.cids.get(record)
-    if (cid != null) this.services.get(cid)?.peers.remove(peerKey)
+    if (cid != null) this.services.get(cid)?.peers.remove(peer.key)
+    this.init.onPeerGone?.(peer.id, { inFlight: false })
   }
 
   /** How a request to an instance went, for outlier detection. */
@@ -237,7 +248,7 @@ export class Router {
           if (now - peer.lastPingAt < this.pingIntervalMs / 2) continue
           pings.push(this.init.finder.ping(peer.id, hardRttMs, undefined, Math.max(2 * hardRttMs, hardRttMs + 500)).then(rtt => {
             if (entry.peers.observePing(peer.key, rtt) === 'dropped') {
-              if (rtt == null) this.init.onPeerGone?.(peer.id)
+              if (rtt == null) this.init.onPeerGone?.(peer.id, { inFlight: true })
               this.init.log.info({ service: entry.record.name, peer: peer.key, rttMs: rtt ?? null, hardRttMs }, rtt == null ? 'instance stopped answering: dropped' : 'instance over the hard RTT: dropped')
             }
           }))

@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 node scripts/patch-dependencies.mjs
 # No `rm -rf dist`: tests of other files may be running from it. CI builds from a clean clone.
 npx tsc -p tsconfig.build.json
-chmod +x dist/shared/cli/hyphae.js dist/proxy/main.js dist/allocator/main.js
+chmod +x dist/cli/hyphae.js dist/proxy/main.js dist/allocator/main.js

@@ -1,6 +1,6 @@
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import { dockerAvailable, ensureExampleImage } from '../../shared/example-image.js'
+import { dockerAvailable, ensureExampleImage } from '../../cli/example-image.js'
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { DaemonLog, type LogLine } from '../lib/daemon-log.js'
 import { httpGet, startProxy, type Daemon, type DaemonReady } from '../lib/mesh.js'

@@ -4,7 +4,7 @@ import { networkInterfaces } from 'node:os'
 import Docker from 'dockerode'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEFAULT_PIDS_LIMIT, DockerRuntime, LABEL_ALLOCATOR, LABEL_INSTANCE, LABEL_SERVICE } from '../../allocator/docker-runtime.js'
-import { AllocationError } from '../../allocator/errors.js'
+import { AllocationError } from '../../shared/protocols/alloc-errors.js'
 import { freeLocalPort, type InstanceSpec, type RuntimeInstance } from '../../allocator/runtime.js'
 import { InstanceSupervisor, type SupervisorEvent } from '../../allocator/supervisor.js'
 import { parseRecord, type ServiceRecordInput } from '../../shared/registry/record.js'
@@ -202,7 +202,6 @@ describe.skipIf(skip)(`docker runtime${skip ? ` (skipped: ${engine.reason ?? 'no
       stopGraceMs: 1000,
       startSidecar: async () => {
         const sidecar = new FakeSidecar(true, sidecars.length + 1)
-        await sidecar.listen()
         sidecars.push(sidecar)
         return sidecar
       },

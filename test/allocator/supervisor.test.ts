@@ -2,7 +2,7 @@ import { createServer } from 'node:http'
 import { readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
-import { AllocationError } from '../../allocator/errors.js'
+import { AllocationError } from '../../shared/protocols/alloc-errors.js'
 import { groupAlive, ProcessRuntime } from '../../allocator/process-runtime.js'
 import { freeLocalPort, type InstanceSpec, type Runtime, type RuntimeInstance } from '../../allocator/runtime.js'
 import { backoffDelay, InstanceSupervisor, type SupervisorEvent, type SupervisorInit } from '../../allocator/supervisor.js'
@@ -73,7 +73,6 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
         if (opts.sidecarFails === true) throw new Error('the proxy exited with code 1')
         const healthy = await statusOf(app.port, '/healthz') === 200
         const sidecar = new FakeSidecar(healthy, h.sidecarStarts)
-        await sidecar.listen()
         h.sidecars.push(sidecar)
         return sidecar
       },

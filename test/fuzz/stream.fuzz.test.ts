@@ -1,7 +1,7 @@
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { InstanceServer } from '../../proxy/instance-server.js'
-import { HTTP_PROTOCOL } from '../../proxy/mesh-agents.js'
+import { HTTP_PROTOCOL } from '../../shared/protocols/http.js'
 import { createLogger } from '../../shared/log.js'
 import type { MeshNode } from '../../shared/node.js'
 import { startTestNode } from '../helpers/nodes.js'

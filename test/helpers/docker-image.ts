@@ -1,6 +1,6 @@
-import { ensureExampleImage } from '../../shared/example-image.js'
+import { ensureExampleImage } from '../../cli/example-image.js'
 
-export { dockerAvailable, EXAMPLE_IMAGE as TEST_IMAGE } from '../../shared/example-image.js'
+export { dockerAvailable, EXAMPLE_IMAGE as TEST_IMAGE } from '../../cli/example-image.js'
 
 /**
  * The example app as a local image (no registry is reachable): the same image `hyphae up

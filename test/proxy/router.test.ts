@@ -4,7 +4,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import type { Allocations } from '../../proxy/allocations.js'
-import type { Candidate, PeerFinder } from '../../proxy/peer-finder.js'
+import type { Candidate, PeerFinder } from '../../shared/peer-finder.js'
 import { Router } from '../../proxy/router.js'
 import { parseRecord } from '../../shared/registry/record.js'
 

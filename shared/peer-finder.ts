@@ -1,8 +1,8 @@
 import type { PeerId } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
-import { deadline } from '../shared/abort.js'
-import type { Logger } from '../shared/log.js'
-import type { MeshNode } from '../shared/node.js'
+import { deadline } from './abort.js'
+import type { Logger } from './log.js'
+import type { MeshNode } from './node.js'
 
 export interface Candidate {
   id: PeerId

@@ -2,8 +2,8 @@ import { readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import type { PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
-import type { MeshNode } from './node.js'
-import { PACKAGE_ROOT } from './paths.js'
+import type { MeshNode } from '../node.js'
+import { PACKAGE_ROOT } from '../paths.js'
 
 /**
  * What a node says about itself to any peer that asks (on a private network: only peers with

@@ -1,9 +1,9 @@
 import type { PeerId, Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import type { Multiaddr } from '@multiformats/multiaddr'
-import type { MeshNode } from '../shared/node.js'
-import { SERVICE_NAME } from '../shared/registry/record.js'
-import { AllocationError, type AllocationErrorCode } from './errors.js'
+import type { MeshNode } from '../node.js'
+import { SERVICE_NAME } from '../registry/record.js'
+import { AllocationError, type AllocationErrorCode } from './alloc-errors.js'
 
 export const ALLOC_PROTOCOL = '/hyphae/alloc/1.0.0'
 

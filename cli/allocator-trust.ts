@@ -1,6 +1,6 @@
-import { allocatorCid } from '../cids.js'
-import type { MeshNode } from '../node.js'
-import { requestStatus } from '../status-protocol.js'
+import { allocatorCid } from '../shared/cids.js'
+import type { MeshNode } from '../shared/node.js'
+import { requestStatus } from '../shared/protocols/status.js'
 
 export interface TrustSurvey {
   /** Allocators whose status came back. */

@@ -1,18 +1,18 @@
 #!/usr/bin/env node
-import '../polyfill.js'
+import '../shared/polyfill.js'
 import { access } from 'node:fs/promises'
 import { realpathSync } from 'node:fs'
 import { fileURLToPath } from 'node:url'
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { COMMON_OPTIONS, loadMeshConfig, parseCommandLine, parseLogLevel, parseMultiaddr, type CommonOptions, type MeshConfig } from '../config.js'
-import { errorMessage, UsageError } from '../errors.js'
-import { createKeyFile, loadOrCreateKey } from '../identity.js'
-import { createLogger, type Logger } from '../log.js'
-import { InvalidRecordError, parseRecord, SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from '../registry/record.js'
-import type { MeshNode } from '../node.js'
-import type { Registry } from '../registry/registry.js'
+import { COMMON_OPTIONS, loadMeshConfig, parseCommandLine, parseLogLevel, parseMultiaddr, type CommonOptions, type MeshConfig } from '../shared/config.js'
+import { errorMessage, UsageError } from '../shared/errors.js'
+import { createKeyFile, loadOrCreateKey } from '../shared/identity.js'
+import { createLogger, type Logger } from '../shared/log.js'
+import { InvalidRecordError, parseRecord, SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from '../shared/registry/record.js'
+import type { MeshNode } from '../shared/node.js'
+import type { Registry } from '../shared/registry/registry.js'
 
 /** Where a command writes; main() takes it so tests and embedders can capture output. */
 export interface Io {
@@ -301,9 +301,9 @@ async function signingKey (file: string | undefined, io: Io): Promise<PrivateKey
 async function withShortLivedNode (options: CommonOptions, config: MeshConfig, log: Logger, fn: (registry: Registry, signal: AbortSignal, node: MeshNode) => Promise<number>): Promise<number> {
   // Loaded here, not at the top: libp2p takes most of a second to import, which --help,
   // keygen and usage errors need not pay.
-  const { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable } = await import('../node.js')
-  const { registryDhtInit } = await import('../registry/dht-validation.js')
-  const { Registry } = await import('../registry/registry.js')
+  const { createMeshNode, dialBootstraps, readPsk, waitForRoutingTable } = await import('../shared/node.js')
+  const { registryDhtInit } = await import('../shared/registry/dht-validation.js')
+  const { Registry } = await import('../shared/registry/registry.js')
   const listen = (options.listen ?? ['/ip4/127.0.0.1/tcp/0']).map(text => parseMultiaddr(text, 'listen'))
   const psk = await readPsk(config.pskFile, config.pskText)
   const signal = AbortSignal.timeout(COMMAND_TIMEOUT_MS)

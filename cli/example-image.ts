@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import Docker from 'dockerode'
-import { distFile } from './paths.js'
+import { distFile } from '../shared/paths.js'
 
 /** The example app as a local image (no registry is reachable from our machines). */
 export const EXAMPLE_IMAGE = 'hyphae-example/hello:1'
