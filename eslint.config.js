@@ -32,5 +32,7 @@ export default defineConfig(
         fetch: 'readonly'
       }
     }
-  }
+  },
+  // Tool configs that must be CommonJS (dependency-cruiser's).
+  { files: ['**/*.cjs'], languageOptions: { sourceType: 'commonjs', globals: { module: 'writable', require: 'readonly' } } }
 )
