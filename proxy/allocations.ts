@@ -2,7 +2,7 @@ import { setTimeout as delay } from 'node:timers/promises'
 import type { PeerId } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { requestAllocation } from '../shared/protocols/alloc.js'
+import { requestAllocation, type AllocInstance, type AllocResponse } from '../shared/protocols/alloc.js'
 import { allocatorCid } from '../shared/cids.js'
 import { MeshError } from '../shared/errors.js'
 import type { Logger } from '../shared/log.js'
@@ -95,31 +95,66 @@ export class Allocations {
     }
   }
 
-  /** Asks each allocator in turn, nearest first, until one starts an instance that answers. */
+  /** Asks each allocator in turn, nearest first, until one starts an instance that answers within the hard RTT. */
   private async requestFrom (allocators: Candidate[], record: ServiceRecord, hardRttMs: number, deadline: AbortSignal): Promise<Candidate> {
     const { node, finder, log } = this.init
-    const refusals: string[] = []
-    for (const allocator of allocators) {
-      const answer = await requestAllocation(node, allocator.id, record.name, deadline).catch((err: Error) => {
-        if (deadline.aborted) throw err
-        return { ok: false as const, error: { code: 'unreachable', message: err.message } }
-      })
-      if (!answer.ok) {
-        refusals.push(`${short(allocator.id)}: ${answer.error.code} (${answer.error.message})`)
-        log.info({ service: record.name, allocator: allocator.id.toString(), code: answer.error.code, err: answer.error.message }, 'allocator refused')
-        continue
+    const { accepted, refusals } = await requestFirst(allocators, record.name, {
+      request: async (allocator, service, signal) => await requestAllocation(node, allocator, service, signal),
+      signal: deadline,
+      onRefused: (allocator, code, message) => { log.info({ service: record.name, allocator: allocator.toString(), code, err: message }, 'allocator refused') },
+      accept: async instance => {
+        const id = peerIdFromString(instance.peerId)
+        await node.peerStore.merge(id, { multiaddrs: instance.multiaddrs.map(text => multiaddr(text)) })
+        const rttMs = await finder.ping(id, hardRttMs, deadline)
+        if (rttMs == null || rttMs > hardRttMs) return `its new instance is not within ${hardRttMs} ms`
+        return { id, rttMs }
       }
-      const id = peerIdFromString(answer.instance.peerId)
-      await node.peerStore.merge(id, { multiaddrs: answer.instance.multiaddrs.map(text => multiaddr(text)) })
-      const rttMs = await finder.ping(id, hardRttMs, deadline)
-      if (rttMs == null || rttMs > hardRttMs) {
-        refusals.push(`${short(allocator.id)}: its new instance is not within ${hardRttMs} ms`)
-        continue
-      }
-      return { id, rttMs }
-    }
+    })
+    if (accepted != null) return accepted.value
     throw new MeshError(503, 'allocation_failed', `no allocator could start '${record.name}': ${refusals.join('; ')}`)
   }
+}
+
+/** Asks one allocator for an instance of a service (the `/hyphae/alloc/1.0.0` exchange). */
+export type RequestInstance = (allocator: PeerId, service: string, signal: AbortSignal) => Promise<AllocResponse>
+
+export interface RequestFirstOptions<T> {
+  request: RequestInstance
+  signal: AbortSignal
+  /** Takes the new instance (a value) or turns it down (why); default: takes it as it is. */
+  accept?: (instance: AllocInstance) => Promise<T | string>
+  onRefused?: (allocator: PeerId, code: string, message: string) => void
+}
+
+/**
+ * Asks allocators in turn, nearest first, until one starts an instance that is accepted; else
+ * says why each did not. Cold starts, nearer instances and scale-ups all ask this way.
+ */
+export async function requestFirst<T = AllocInstance> (allocators: Candidate[], service: string, options: RequestFirstOptions<T>): Promise<{ accepted?: { allocator: Candidate, value: T }, refusals: string[] }> {
+  const refusals: string[] = []
+  for (const allocator of allocators) {
+    let answer: AllocResponse
+    try {
+      answer = await options.request(allocator.id, service, options.signal)
+    } catch (err) {
+      if (options.signal.aborted) throw err
+      refusals.push(`${short(allocator.id)}: unreachable (${(err as Error).message})`)
+      options.onRefused?.(allocator.id, 'unreachable', (err as Error).message)
+      continue
+    }
+    if (!answer.ok) {
+      refusals.push(`${short(allocator.id)}: ${answer.error.code} (${answer.error.message})`)
+      options.onRefused?.(allocator.id, answer.error.code, answer.error.message)
+      continue
+    }
+    const value = options.accept != null ? await options.accept(answer.instance) : answer.instance as T
+    if (typeof value === 'string') {
+      refusals.push(`${short(allocator.id)}: ${value}`)
+      continue
+    }
+    return { accepted: { allocator, value }, refusals }
+  }
+  return { refusals }
 }
 
 function short (id: PeerId): string {

@@ -1,16 +1,14 @@
-import type { PeerId } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
 import { Counter, Gauge, type Registry } from 'prom-client'
-import { requestAllocation, type AllocResponse } from '../shared/protocols/alloc.js'
+import { requestAllocation } from '../shared/protocols/alloc.js'
 import { allocatorCid } from '../shared/cids.js'
 import type { InstanceCounter } from '../shared/instance-count.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { Candidate } from '../shared/peer-finder.js'
-
-/** Asks one allocator for an instance of a service (the `/hyphae/alloc/1.0.0` exchange). */
-export type RequestInstance = (allocator: PeerId, service: string, signal: AbortSignal) => Promise<AllocResponse>
+import { RateWindow } from '../shared/rate-window.js'
+import { requestFirst, type RequestInstance } from './allocations.js'
 
 export interface AutoscalerTimers {
   setInterval: (fn: () => void, ms: number) => unknown
@@ -75,11 +73,7 @@ const BUCKETS = 120
  */
 export class Autoscaler {
   private readonly windowMs: number
-  private readonly bucketMs: number
-  private readonly buckets: number
-  /** Requests per bucket, and which bucket (time ÷ bucketMs) each slot currently holds. */
-  private readonly counts: Float64Array
-  private readonly slots: Float64Array
+  private readonly requests: RateWindow
   private readonly checkIntervalMs: number
   private readonly cooldownMs: number
   private readonly minObservedMs: number
@@ -105,21 +99,18 @@ export class Autoscaler {
     if (init.targetRps != null && !(init.targetRps > 0)) throw new Error('targetRps must be positive')
     this.windowMs = init.windowMs ?? 120_000
     if (!(this.windowMs >= 100)) throw new Error('the scaling window must be at least 100 ms')
-    this.bucketMs = Math.ceil(this.windowMs / BUCKETS)
-    this.buckets = Math.ceil(this.windowMs / this.bucketMs)
-    this.counts = new Float64Array(this.buckets)
-    this.slots = new Float64Array(this.buckets).fill(-1)
     this.checkIntervalMs = init.checkIntervalMs ?? Math.min(1000, Math.max(100, this.windowMs / 8))
     this.cooldownMs = init.cooldownMs ?? Math.max(this.windowMs / 4, 10_000)
     this.floorCheckMs = init.floorCheckMs ?? 5_000
     this.minObservedMs = this.windowMs / 4
     this.now = init.now ?? Date.now
+    this.requests = new RateWindow({ windowMs: this.windowMs, buckets: BUCKETS, now: this.now })
     this.timers = init.timers ?? {
       setInterval: (fn, ms) => setInterval(fn, ms),
       clearInterval: handle => { clearInterval(handle as NodeJS.Timeout) }
     }
     this.requestInstance = init.requestInstance ?? (async (allocator, service, signal) => await requestAllocation(init.node, allocator, service, signal))
-    this.startedFrom = this.decidingFrom = origin(this.now(), this.bucketMs, false)
+    this.startedFrom = this.decidingFrom = origin(this.now(), this.requests.bucketMs, false)
 
     if (init.metrics != null) {
       const registers = [init.metrics]
@@ -139,7 +130,7 @@ export class Autoscaler {
   start (): void {
     if (this.timer != null) return
     if (this.lifetime.signal.aborted) this.lifetime = new AbortController()
-    this.startedFrom = this.decidingFrom = origin(this.now(), this.bucketMs, false)
+    this.startedFrom = this.decidingFrom = origin(this.now(), this.requests.bucketMs, false)
     this.timer = this.timers.setInterval(() => {
       this.check().catch(err => { this.init.log.warn({ service: this.init.record.name, err: (err as Error).message }, 'autoscaler check failed') })
     }, this.checkIntervalMs)
@@ -155,13 +146,7 @@ export class Autoscaler {
 
   /** Counts one request served. On every request's path: O(1), no allocation. */
   recordRequest (): void {
-    const bucket = Math.floor(this.now() / this.bucketMs)
-    const slot = bucket % this.buckets
-    if (this.slots[slot] !== bucket) {
-      this.slots[slot] = bucket
-      this.counts[slot] = 0
-    }
-    this.counts[slot]++
+    this.requests.add()
   }
 
   /** Requests per second over the window (or the shorter time observed; see the class). */
@@ -255,25 +240,15 @@ export class Autoscaler {
       log.info({ ...context, ...(instances != null ? { instances } : {}) }, 'scale-up requested')
       this.allocatorCid ??= allocatorCid()
       const allocators = await this.init.finder.discover(await this.allocatorCid, this.init.hardRttMs, signal)
-      const refusals: string[] = []
-      for (const allocator of allocators) {
-        const answer = await this.requestInstance(allocator.id, service, signal).catch((err: Error): AllocResponse | undefined => {
-          if (signal.aborted) throw err
-          refusals.push(`${short(allocator.id.toString())}: unreachable (${err.message})`)
-          return undefined
-        })
-        if (answer == null) continue
-        if (!answer.ok) {
-          refusals.push(`${short(allocator.id.toString())}: ${answer.error.code} (${answer.error.message})`)
-          continue
-        }
+      const { accepted, refusals } = await requestFirst(allocators, service, { request: this.requestInstance, signal })
+      if (accepted != null) {
         this.totals.allocated++
         this.outcomes?.inc({ service, reason, outcome: 'allocated' })
         this.nextAttemptAt = this.now() + this.cooldownMs
         this.capped = false
         // From now on the load is shared with the new instance: measure it afresh.
-        this.decidingFrom = origin(this.now(), this.bucketMs, true)
-        log.info({ ...context, allocator: allocator.id.toString(), instance: answer.instance.peerId, ms: this.now() - started }, 'scale-up: instance allocated')
+        this.decidingFrom = origin(this.now(), this.requests.bucketMs, true)
+        log.info({ ...context, allocator: accepted.allocator.id.toString(), instance: accepted.value.peerId, ms: this.now() - started }, 'scale-up: instance allocated')
         return 'allocated'
       }
       this.totals.refused++
@@ -295,16 +270,10 @@ export class Autoscaler {
   /** Requests in the window since `from`, and the time that covers. */
   private observed (from: { ms: number, bucket: number }): { requests: number, spanMs: number } {
     const now = this.now()
-    const current = Math.floor(now / this.bucketMs)
-    const windowFirst = current - this.buckets + 1
-    const first = Math.max(windowFirst, from.bucket)
-    const spanMs = now - (first === from.bucket ? from.ms : first * this.bucketMs)
-    let requests = 0
-    for (let i = 0; i < this.buckets; i++) {
-      const bucket = this.slots[i]
-      if (bucket >= first && bucket <= current) requests += this.counts[i]
-    }
-    return { requests, spanMs }
+    const { bucketMs, buckets } = this.requests
+    const first = Math.max(this.requests.bucketOf(now) - buckets + 1, from.bucket)
+    const spanMs = now - (first === from.bucket ? from.ms : first * bucketMs)
+    return { requests: this.requests.count(first), spanMs }
   }
 }
 
@@ -321,6 +290,3 @@ function round (n: number): number {
   return Math.round(n * 100) / 100
 }
 
-function short (peerId: string): string {
-  return peerId.slice(-8)
-}

@@ -1,3 +1,5 @@
+import { RateWindow } from '../shared/rate-window.js'
+
 export interface RetryBudgetInit {
   /** Retries allowed as a share of requests (Linkerd: 0.2). */
   ratio?: number
@@ -15,57 +17,29 @@ export interface RetryBudgetInit {
 export class RetryBudget {
   private readonly ratio: number
   private readonly minPerSecond: number
-  private readonly bucketMs: number
-  private readonly deposits: number[]
-  private readonly withdrawals: number[]
-  private bucketStart = 0
-  private index = 0
-  private readonly now: () => number
+  private readonly windowSeconds: number
+  private readonly requests: RateWindow
+  private readonly retries: RateWindow
 
   constructor (init: RetryBudgetInit = {}) {
     this.ratio = init.ratio ?? 0.2
     this.minPerSecond = init.minPerSecond ?? 10
     const windowMs = init.windowMs ?? 10_000
-    const buckets = 10
-    this.bucketMs = windowMs / buckets
-    this.deposits = new Array<number>(buckets).fill(0)
-    this.withdrawals = new Array<number>(buckets).fill(0)
-    this.now = init.now ?? Date.now
-    this.bucketStart = this.now()
+    this.windowSeconds = windowMs / 1000
+    this.requests = new RateWindow({ windowMs, buckets: 10, now: init.now })
+    this.retries = new RateWindow({ windowMs, buckets: 10, now: init.now })
   }
 
   /** Counts a request. */
   deposit (): void {
-    this.advance()
-    this.deposits[this.index]++
+    this.requests.add()
   }
 
   /** Takes one retry from the budget; false when it is spent. */
   tryWithdraw (): boolean {
-    this.advance()
-    const windowSeconds = (this.bucketMs * this.deposits.length) / 1000
-    const allowed = this.minPerSecond * windowSeconds + this.ratio * sum(this.deposits)
-    if (sum(this.withdrawals) + 1 > allowed) return false
-    this.withdrawals[this.index]++
+    const allowed = this.minPerSecond * this.windowSeconds + this.ratio * this.requests.count()
+    if (this.retries.count() + 1 > allowed) return false
+    this.retries.add()
     return true
   }
-
-  private advance (): void {
-    const now = this.now()
-    let steps = Math.floor((now - this.bucketStart) / this.bucketMs)
-    if (steps <= 0) return
-    this.bucketStart += steps * this.bucketMs
-    steps = Math.min(steps, this.deposits.length)
-    for (let i = 0; i < steps; i++) {
-      this.index = (this.index + 1) % this.deposits.length
-      this.deposits[this.index] = 0
-      this.withdrawals[this.index] = 0
-    }
-  }
-}
-
-function sum (values: number[]): number {
-  let total = 0
-  for (const v of values) total += v
-  return total
 }
