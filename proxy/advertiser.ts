@@ -4,6 +4,9 @@ import { probeHealth } from '../shared/health.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 
+/** How often the app's health path is checked. */
+export const DEFAULT_HEALTH_INTERVAL_MS = 1000
+
 export interface AdvertiserInit {
   node: MeshNode
   cid: CID
@@ -36,7 +39,7 @@ export class Advertiser {
   private readonly unhealthyAfter: number
 
   constructor (private readonly init: AdvertiserInit) {
-    this.healthIntervalMs = init.healthIntervalMs ?? 1000
+    this.healthIntervalMs = init.healthIntervalMs ?? DEFAULT_HEALTH_INTERVAL_MS
     this.unhealthyAfter = init.unhealthyAfter ?? 3
     this.announcer = new Announcer({ node: init.node, cid: init.cid, log: init.log, reprovideMs: init.reprovideMs })
   }

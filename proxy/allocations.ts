@@ -20,6 +20,9 @@ export interface AllocationsInit {
   discoveryRetryMs?: number
 }
 
+/** How long requests wait for an instance to be started. */
+export const DEFAULT_COLD_START_TIMEOUT_MS = 30_000
+
 /** Long enough for a mesh that is still starting; short enough that a mesh with no allocator says so. */
 const DISCOVERY_RETRY_MS = 5_000
 /** After a fruitless retry window, cold starts look once, not again for a window, for this long. */
@@ -37,7 +40,7 @@ export class Allocations {
   private noAllocatorAt = -Infinity
 
   constructor (private readonly init: AllocationsInit) {
-    this.coldStartTimeoutMs = init.coldStartTimeoutMs ?? 30_000
+    this.coldStartTimeoutMs = init.coldStartTimeoutMs ?? DEFAULT_COLD_START_TIMEOUT_MS
   }
 
   async coldStart (record: ServiceRecord, hardRttMs: number): Promise<Candidate> {

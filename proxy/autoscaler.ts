@@ -50,6 +50,9 @@ export type ScaleDecision = 'warming_up' | 'under_target' | 'cooldown' | 'in_fli
 /** Why a scale-up was asked for: the request rate, or fewer instances than the record's minInstances. */
 export type ScaleReason = 'rate' | 'min_instances'
 
+/** The sliding window the request rate is measured over. */
+export const DEFAULT_SCALE_WINDOW_MS = 120_000
+
 /** Buckets per window: the rate's resolution is a 120th of the window (1 s for the default). */
 const BUCKETS = 120
 
@@ -97,7 +100,7 @@ export class Autoscaler {
 
   constructor (private readonly init: AutoscalerInit) {
     if (init.targetRps != null && !(init.targetRps > 0)) throw new Error('targetRps must be positive')
-    this.windowMs = init.windowMs ?? 120_000
+    this.windowMs = init.windowMs ?? DEFAULT_SCALE_WINDOW_MS
     if (!(this.windowMs >= 100)) throw new Error('the scaling window must be at least 100 ms')
     this.checkIntervalMs = init.checkIntervalMs ?? Math.min(1000, Math.max(100, this.windowMs / 8))
     this.cooldownMs = init.cooldownMs ?? Math.max(this.windowMs / 4, 10_000)

@@ -41,6 +41,9 @@ export interface IngressInit {
   observePick?: PickObserver
 }
 
+/** Time allowed for an instance to start answering a request. */
+export const DEFAULT_RESPONSE_TIMEOUT_MS = 30_000
+
 /** Attempts per request: the first, and one retry on another instance (DESIGN.md). */
 const MAX_ATTEMPTS = 2
 
@@ -79,7 +82,7 @@ export class Ingress {
   private readonly responseTimeoutMs: number
 
   constructor (private readonly init: IngressInit) {
-    this.responseTimeoutMs = init.responseTimeoutMs ?? 30_000
+    this.responseTimeoutMs = init.responseTimeoutMs ?? DEFAULT_RESPONSE_TIMEOUT_MS
     this.server = createServer({ keepAliveTimeout: 5_000 })
     this.server.on('request', this.onRequest)
     this.server.on('checkContinue', this.onRequest)

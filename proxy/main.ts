@@ -1,7 +1,13 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
 import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
-import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
+import { COMMON_OPTIONS, option, optionsHelp, parseArgsOptions, parsers, readOptions } from '../shared/cli-options.js'
+import { parseCommandLine, parsePort } from '../shared/config.js'
+import { DEFAULT_REGISTRY_TTL_MS } from '../shared/registry/registry.js'
+import { DEFAULT_HEALTH_INTERVAL_MS } from './advertiser.js'
+import { DEFAULT_COLD_START_TIMEOUT_MS } from './allocations.js'
+import { DEFAULT_SCALE_WINDOW_MS } from './autoscaler.js'
+import { DEFAULT_RESPONSE_TIMEOUT_MS } from './ingress.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
 import { PortUnavailableError } from '../shared/listen.js'
@@ -10,37 +16,27 @@ import { parseAppAddress } from './address.js'
 import { ClientProxy } from './client-proxy.js'
 import { InstanceProxy } from './instance-proxy.js'
 
+const OPTIONS = {
+  'registry-ttl': option({ arg: 'SECONDS', help: 'how long a registry record is cached', default: DEFAULT_REGISTRY_TTL_MS, defaultText: String(DEFAULT_REGISTRY_TTL_MS / 1000), parse: parsers.secondsAsMs }),
+  'response-timeout': option({ arg: 'MS', help: 'time allowed for an instance to answer', default: DEFAULT_RESPONSE_TIMEOUT_MS, parse: parsers.positiveInt }),
+  'health-interval': option({ arg: 'MS', help: 'server mode: how often the app\'s health path is checked', default: DEFAULT_HEALTH_INTERVAL_MS, parse: parsers.positiveInt }),
+  'scale-window': option({ arg: 'SECONDS', help: 'server mode: the window the request rate is measured over for autoscaling (autoscaling needs a targetRps)', default: DEFAULT_SCALE_WINDOW_MS, defaultText: String(DEFAULT_SCALE_WINDOW_MS / 1000), parse: parsers.secondsAsMs }),
+  'stream-per-request': option({ help: 'open one libp2p stream per request instead of reusing pooled streams', parse: parsers.flag }),
+  'cold-start-timeout': option({ arg: 'MS', help: 'how long requests wait for an instance to be started', default: DEFAULT_COLD_START_TIMEOUT_MS, parse: parsers.positiveInt }),
+  ...COMMON_OPTIONS,
+  metrics: { ...COMMON_OPTIONS.metrics, help: 'metrics on 127.0.0.1:PORT (/ idle seconds, /peers the peer cache, /metrics Prometheus; 0: any free port)' }
+}
+
 const USAGE = `usage: hyphae-proxy [OPTIONS] PORT                  client mode
        hyphae-proxy [OPTIONS] PORT SERVICE ADDRESS  server mode (ADDRESS: host:port of the app)
 
 Options:
-  --configfile PATH       config file (default: conf/conf.json of the package)
-  --key FILE              identity key, created (0600) when missing
-  --listen MULTIADDR      libp2p listen address (repeatable; default /ip4/127.0.0.1/tcp/0)
-  --announce MULTIADDR    address others should dial (repeatable)
-  --bootstrap MULTIADDR   bootstrap peer (repeatable; else config Bootstraps, else $P2P_BOOTSTRAPS)
-  --psk FILE              private network key (else $P2P_PSK)
-  --metrics PORT          metrics on 127.0.0.1:PORT (/ idle seconds, /metrics Prometheus)
-  --registry-ttl SECONDS  how long a registry record is cached (default 60)
-  --response-timeout MS   time allowed for an instance to answer (default 30000)
-  --health-interval MS    server mode: how often the app's health path is checked (default 1000)
-  --scale-window SECONDS  server mode: the window the request rate is measured over for
-                          autoscaling (default 120; autoscaling needs a targetRps)
-  --stream-per-request    open one libp2p stream per request instead of reusing pooled streams
-  --cold-start-timeout MS how long requests wait for an instance to be started (default 30000)
-  --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
-  -h, --help              this text`
+${optionsHelp(OPTIONS)}`
 
 runDaemon('hyphae-proxy', async () => {
-  const { values, positionals } = parseCommandLine(process.argv.slice(2), {
-    ...COMMON_OPTIONS,
-    'registry-ttl': { type: 'string' },
-    'response-timeout': { type: 'string' },
-    'health-interval': { type: 'string' },
-    'scale-window': { type: 'string' },
-    'stream-per-request': { type: 'boolean' },
-    'cold-start-timeout': { type: 'string' }
-  })
+  const parsed = parseCommandLine(process.argv.slice(2), parseArgsOptions(OPTIONS))
+  const { positionals } = parsed
+  const values = readOptions(OPTIONS, parsed.values)
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`)
     return undefined
@@ -48,13 +44,12 @@ runDaemon('hyphae-proxy', async () => {
   if (positionals.length !== 1 && positionals.length !== 3) throw new UsageError(`expected PORT or PORT SERVICE ADDRESS (see --help), got ${positionals.length} arguments`)
   const port = parsePort(positionals[0], 'PORT')
   const server = positionals.length === 3 ? { service: positionals[1], app: parseAppAddress(positionals[2]) } : undefined
-  const metricsPort = values.metrics != null ? parsePort(values.metrics, '--metrics') : undefined
-  const registryTtlMs = parsePositiveInt(values['registry-ttl'], '--registry-ttl', 60) * 1000
-  const responseTimeoutMs = parsePositiveInt(values['response-timeout'], '--response-timeout', 30_000)
-  const healthIntervalMs = parsePositiveInt(values['health-interval'], '--health-interval', 1000)
-  const scaleWindowMs = parsePositiveInt(values['scale-window'], '--scale-window', 120) * 1000
+  const metricsPort = values.metrics
+  const responseTimeoutMs = values['response-timeout']
+  const healthIntervalMs = values['health-interval']
+  const scaleWindowMs = values['scale-window']
 
-  const base = await startMeshBase({ name: 'hyphae-proxy', options: values, registryTtlMs })
+  const base = await startMeshBase({ name: 'hyphae-proxy', options: parsed.values, registryTtlMs: values['registry-ttl'] })
   const log = base.log.child({ component: 'proxy' })
   const metrics = new MetricsRegistry()
   collectDefaultMetrics({ register: metrics, prefix: 'hyphae_proxy_' })
@@ -67,7 +62,7 @@ runDaemon('hyphae-proxy', async () => {
     port,
     responseTimeoutMs,
     streamPerRequest: values['stream-per-request'] === true,
-    coldStartTimeoutMs: parsePositiveInt(values['cold-start-timeout'], '--cold-start-timeout', 30_000)
+    coldStartTimeoutMs: values['cold-start-timeout']
   })
   const instance = server != null
     ? new InstanceProxy({

@@ -55,6 +55,9 @@ export interface RegistryInit {
   clock?: () => number
 }
 
+/** How long a resolved record is cached. */
+export const DEFAULT_REGISTRY_TTL_MS = 60_000
+
 export interface PublishResult {
   key: string
   record: ServiceRecord
@@ -114,7 +117,7 @@ export class Registry implements OriginRecordSource {
     this.staticRecords = init.staticRecords
     this.allowedSigners = [...init.allowedSigners]
     this.log = init.log
-    this.ttlMs = init.ttlMs ?? 60_000
+    this.ttlMs = init.ttlMs ?? DEFAULT_REGISTRY_TTL_MS
     this.negativeTtlMs = init.negativeTtlMs ?? 2_000
     this.lookupTimeoutMs = init.lookupTimeoutMs ?? 2_000
     this.republishMs = init.republishMs ?? 10 * 60_000
