@@ -122,7 +122,7 @@ export class Allocator {
     }, { maxInboundStreams: 256 })
     await handleStatus(node, () => this.status())
     this.announcer = new Announcer({ node, cid: await allocatorCid(), log })
-    await this.announcer.announce().catch(err => { log.warn({ err: (err as Error).message }, 'could not advertise the allocator yet; retrying') })
+    await this.announcer.announce().catch(err => { log.warn({ err }, 'could not advertise the allocator yet; retrying') })
   }
 
   async stop (): Promise<void> {

@@ -81,7 +81,8 @@ runDaemon('hyphae-allocator', async () => {
   const data = await openDataDir(values['data-dir'] ?? defaultDataDir())
   const base = await startMeshBase({ name: 'hyphae-allocator', options: values, datastore: data.datastore, defaultKeyFile: data.keyFile })
     .catch(async (err: unknown) => { await data.datastore.close().catch(() => {}); throw err })
-  const { node, log } = base
+  const { node } = base
+  const log = base.log.child({ component: 'allocator' })
   const stopBase = async (): Promise<void> => {
     await base.registry.stop()
     await node.stop()
@@ -90,12 +91,12 @@ runDaemon('hyphae-allocator', async () => {
   let allocator: Allocator | undefined
   let metrics: MetricsServer | undefined
   try {
-    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', log, { runAs: values['run-as'] })
+    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', base.log.child({ component: 'runtime' }), { runAs: values['run-as'] })
     const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
     const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
     const sidecars = sidecarKind === 'process'
-      ? new ProcessSidecars({ log, bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
-      : new InProcessSidecars({ log, bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
+      ? new ProcessSidecars({ log: base.log.child({ component: 'sidecar' }), bootstraps, listen, configFile: values.configfile, pskFile: values.psk, logLevel: values['log-level'], healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
+      : new InProcessSidecars({ log: base.log.child({ component: 'sidecar' }), bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
     const metricsRegistry = new MetricsRegistry()
     collectDefaultMetrics({ register: metricsRegistry, prefix: 'hyphae_allocator_' })
     allocator = new Allocator({ node, metrics: metricsRegistry, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, log, ...settings })

@@ -142,7 +142,7 @@ export class MinInstancesGuard {
       const count = await this.init.counter.count(floor.record, undefined, 0)
       if (floor.generation === generation) floor.count = count
     } catch (err) {
-      this.init.log.debug({ service: floor.record.name, err: (err as Error).message }, 'instance count failed')
+      this.init.log.debug({ service: floor.record.name, err }, 'instance count failed')
     } finally {
       floor.refreshing = false
     }

@@ -388,7 +388,7 @@ async function removeWorkDir (dir: string, log: Logger): Promise<void> {
     })
     await rmdir(dir)
   } catch (err) {
-    log.warn({ dir, err: (err as Error).message }, 'cannot remove an instance working directory')
+    log.warn({ dir, err }, 'cannot remove an instance working directory')
   }
 }
 

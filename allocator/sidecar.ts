@@ -178,7 +178,7 @@ export class InProcessSidecars {
       proxy = new InstanceProxy({
         node,
         registry: init.records,
-        log: init.log.child({ component: 'instance', sidecar: node.peerId.toString() }),
+        log: init.log.child({ sidecar: node.peerId.toString() }),
         // Its own registry: no endpoint reads it yet, and it goes with the instance.
         metrics: new MetricsRegistry(),
         service,

@@ -95,7 +95,7 @@ export class Advertiser {
         this.init.log.warn({ service: this.init.service, failures: this.failures }, 'app unhealthy: stopped advertising')
       }
     } catch (err) {
-      this.init.log.warn({ service: this.init.service, err: (err as Error).message }, 'advertising failed; will retry')
+      this.init.log.warn({ service: this.init.service, err }, 'advertising failed; will retry')
     }
     if (!this.stopped) this.timer = setTimeout(() => { void this.tick() }, this.healthIntervalMs)
   }

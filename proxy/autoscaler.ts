@@ -135,7 +135,7 @@ export class Autoscaler {
     if (this.lifetime.signal.aborted) this.lifetime = new AbortController()
     this.startedFrom = this.decidingFrom = origin(this.now(), this.requests.bucketMs, false)
     this.timer = this.timers.setInterval(() => {
-      this.check().catch(err => { this.init.log.warn({ service: this.init.record.name, err: (err as Error).message }, 'autoscaler check failed') })
+      this.check().catch(err => { this.init.log.warn({ service: this.init.record.name, err }, 'autoscaler check failed') })
     }, this.checkIntervalMs)
   }
 
@@ -205,7 +205,7 @@ export class Autoscaler {
       if (live.size < min) live = await walk()
     } catch (err) {
       if (this.lifetime.signal.aborted) return 'stopped'
-      this.init.log.debug({ service: record.name, err: (err as Error).message }, 'instance count failed')
+      this.init.log.debug({ service: record.name, err }, 'instance count failed')
       return 'floor_left_to_peer'
     }
     if (live.size >= min) return 'floor_met'
@@ -265,7 +265,7 @@ export class Autoscaler {
       this.totals.refused++
       this.outcomes?.inc({ service, reason, outcome: 'refused' })
       this.nextAttemptAt = this.now() + this.cooldownMs
-      log.info({ ...context, err: (err as Error).message, retryInMs: this.cooldownMs }, 'scale-up failed')
+      log.info({ ...context, err, retryInMs: this.cooldownMs }, 'scale-up failed')
       return 'refused'
     }
   }

@@ -78,7 +78,7 @@ export class InstanceServer {
       socket.end(`HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
     })
     this.server.on('clientError', (err: Error, socket) => {
-      init.log.debug({ err: err.message }, 'bad HTTP on a mesh stream')
+      init.log.debug({ err }, 'bad HTTP on a mesh stream')
       answerClientError(err, socket)
     })
   }

@@ -220,7 +220,7 @@ export class Router {
       entry.improveFailures++
       const backoff = Math.min(IMPROVE_BACKOFF_MS * 2 ** (entry.improveFailures - 1), IMPROVE_BACKOFF_CAP_MS)
       entry.improveAfter = this.now() + backoff
-      log.info({ service: entry.record.name, rttMs: Math.round(currentRttMs), err: err.message, retryInMs: backoff }, 'no nearer instance to be had')
+      log.info({ service: entry.record.name, rttMs: Math.round(currentRttMs), err, retryInMs: backoff }, 'no nearer instance to be had')
     }).finally(() => { entry.improving = false })
   }
 

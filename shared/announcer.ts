@@ -83,7 +83,7 @@ export class Announcer {
 
   private reprovide (): void {
     if (!this.active) return
-    this.provide().catch(err => { this.init.log.debug({ cid: this.init.cid.toString(), err: (err as Error).message }, 're-provide failed') })
+    this.provide().catch(err => { this.init.log.debug({ cid: this.init.cid.toString(), err }, 're-provide failed') })
   }
 
   private readonly onPeerJoined = (): void => {

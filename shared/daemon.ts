@@ -59,7 +59,7 @@ export async function startMeshBase (init: MeshBaseInit): Promise<MeshBase> {
       log.warn({ of: config.bootstraps.length, source: config.bootstrapSource }, 'no bootstrap answered: running alone until a peer connects')
     }
   }
-  const registry = new Registry({ node, staticRecords: config.services, allowedSigners: config.registryKeys, log, ttlMs: init.registryTtlMs })
+  const registry = new Registry({ node, staticRecords: config.services, allowedSigners: config.registryKeys, log: log.child({ component: 'registry' }), ttlMs: init.registryTtlMs })
   registry.start()
   return { config, log, privateKey, node, registry, psk }
 }

@@ -89,7 +89,7 @@ export class InstanceCounter {
       }
     } catch (err) {
       // The deadline ends most walks on a large mesh: what was found by then is the answer.
-      log.debug({ cid: cid.toString(), err: (err as Error).message }, 'instance count: provider walk ended early')
+      log.debug({ cid: cid.toString(), err }, 'instance count: provider walk ended early')
     }
     await Promise.all(checks)
     return live

@@ -66,7 +66,7 @@ export class PeerFinder {
     } catch (err) {
       // A walk cut short by its deadline still yields the providers found so far.
       if (signal?.aborted === true) throw err
-      if (!settled.signal.aborted) this.init.log.debug({ cid: cid.toString(), err: (err as Error).message }, 'provider walk ended early')
+      if (!settled.signal.aborted) this.init.log.debug({ cid: cid.toString(), err }, 'provider walk ended early')
     } finally {
       clearTimeout(settleTimer)
       walk.clear()
@@ -91,7 +91,7 @@ export class PeerFinder {
     try {
       return await this.init.node.services.ping.ping(peer, { signal: signal != null ? AbortSignal.any([deadline, signal]) : deadline })
     } catch (err) {
-      this.init.log.debug({ peer: peer.toString(), err: (err as Error).message }, 'ping failed')
+      this.init.log.debug({ peer: peer.toString(), err }, 'ping failed')
       return undefined
     }
   }

@@ -252,7 +252,7 @@ export class Registry implements OriginRecordSource {
         count++
       } catch (err) {
         if (stopSignal.aborted) break
-        this.log.debug({ name, err: (err as Error).message }, 'republishing a registry record failed')
+        this.log.debug({ name, err }, 'republishing a registry record failed')
       }
     }
     return count
@@ -269,7 +269,7 @@ export class Registry implements OriginRecordSource {
     this.timer = setTimeout(() => {
       this.republishing = this.republishUsed()
       void this.republishing
-        .catch(err => this.log.debug({ err: (err as Error).message }, 'republish round failed'))
+        .catch(err => this.log.debug({ err }, 'republish round failed'))
         .finally(() => {
           this.republishing = undefined
           if (this.controller != null) this.schedule()
@@ -331,7 +331,7 @@ export class Registry implements OriginRecordSource {
         if (event.name === 'PEER_RESPONSE' && event.record != null) candidates.push(event.record.value)
       }
     } catch (err) {
-      this.log.debug({ name, err: (err as Error).message, answers: candidates.length }, 'registry lookup ended early')
+      this.log.debug({ name, err, answers: candidates.length }, 'registry lookup ended early')
     }
 
     let best: SignedValue | undefined
@@ -344,7 +344,7 @@ export class Registry implements OriginRecordSource {
         const verified = await verifySignedRecord(key, value, this.allowedSigners)
         if (best == null || verified.record.seq > best.record.seq) best = { ...verified, value }
       } catch (err) {
-        this.log.debug({ name, err: (err as Error).message }, 'ignored an invalid registry value')
+        this.log.debug({ name, err }, 'ignored an invalid registry value')
       }
     }
     this.log.debug({ name, seq: best?.record.seq, answers: candidates.length }, 'registry lookup')

@@ -17,7 +17,7 @@ const SIGNING_CONTEXT = 'hyphae-registry-v1\n'
  */
 export const MAX_SIGNED_RECORD_BYTES = 64 * 1024
 
-export type RegistryValidationCode = 'too-large' | 'bad-json' | 'bad-envelope' | 'bad-schema' | 'key-mismatch' | 'bad-public-key' | 'bad-signature' | 'signer-not-allowed'
+export type RegistryValidationCode = 'too_large' | 'bad_json' | 'bad_envelope' | 'bad_schema' | 'key_mismatch' | 'bad_public_key' | 'bad_signature' | 'signer_not_allowed'
 
 /** Why a DHT value is not a usable registry record. The message is one line, for logs and CLIs. */
 export class RegistryValidationError extends Error {
@@ -91,38 +91,38 @@ export function normalizePeerIds (ids: readonly string[]): Set<string> {
  */
 export async function verifySignedRecord (key: Uint8Array | string, value: Uint8Array, allowedSigners: readonly string[]): Promise<VerifiedRecord> {
   if (value.byteLength > MAX_SIGNED_RECORD_BYTES) {
-    throw new RegistryValidationError('too-large', `registry value is ${value.byteLength} bytes, more than ${MAX_SIGNED_RECORD_BYTES}`)
+    throw new RegistryValidationError('too_large', `registry value is ${value.byteLength} bytes, more than ${MAX_SIGNED_RECORD_BYTES}`)
   }
   let json: unknown
   try {
     json = JSON.parse(decoder.decode(value))
   } catch (err) {
-    throw new RegistryValidationError('bad-json', `registry value is not JSON: ${(err as Error).message}`)
+    throw new RegistryValidationError('bad_json', `registry value is not JSON: ${(err as Error).message}`)
   }
   const envelope = envelopeSchema.safeParse(json)
   if (!envelope.success) {
-    throw new RegistryValidationError('bad-envelope', `registry value is not a signed record: ${describeIssues(envelope.error)}`)
+    throw new RegistryValidationError('bad_envelope', `registry value is not a signed record: ${describeIssues(envelope.error)}`)
   }
 
   let record: ServiceRecord
   try {
     record = parseRecord(envelope.data.record)
   } catch (err) {
-    if (err instanceof InvalidRecordError) throw new RegistryValidationError('bad-schema', `invalid registry record: ${err.message}`)
+    if (err instanceof InvalidRecordError) throw new RegistryValidationError('bad_schema', `invalid registry record: ${err.message}`)
     throw err
   }
 
   const keyText = typeof key === 'string' ? key : decodeKey(key)
   const expected = registryKeyString(record.name)
   if (keyText !== expected) {
-    throw new RegistryValidationError('key-mismatch', `record for '${record.name}' stored under key ${keyText}, expected ${expected}`)
+    throw new RegistryValidationError('key_mismatch', `record for '${record.name}' stored under key ${keyText}, expected ${expected}`)
   }
 
   let publicKey: PublicKey
   try {
     publicKey = publicKeyFromProtobuf(Buffer.from(envelope.data.publicKey, 'base64'))
   } catch (err) {
-    throw new RegistryValidationError('bad-public-key', `registry record has an unreadable public key: ${(err as Error).message}`)
+    throw new RegistryValidationError('bad_public_key', `registry record has an unreadable public key: ${(err as Error).message}`)
   }
   // The signature covers the record exactly as transmitted, not as parsed: defaults added by
   // a newer schema must not invalidate records signed by an older publisher.
@@ -134,10 +134,10 @@ export async function verifySignedRecord (key: Uint8Array | string, value: Uint8
     ok = false
   }
   const signer = peerIdFromPublicKey(publicKey).toString()
-  if (!ok) throw new RegistryValidationError('bad-signature', `registry record for '${record.name}' has a bad signature (claimed signer ${signer})`)
+  if (!ok) throw new RegistryValidationError('bad_signature', `registry record for '${record.name}' has a bad signature (claimed signer ${signer})`)
 
   if (allowedSigners.length > 0 && !normalizePeerIds(allowedSigners).has(signer)) {
-    throw new RegistryValidationError('signer-not-allowed', `registry record for '${record.name}' is signed by ${signer}, which is not in RegistryKeys`)
+    throw new RegistryValidationError('signer_not_allowed', `registry record for '${record.name}' is signed by ${signer}, which is not in RegistryKeys`)
   }
   return { record, signer }
 }
@@ -146,7 +146,7 @@ function decodeKey (key: Uint8Array): string {
   try {
     return decoder.decode(key)
   } catch {
-    throw new RegistryValidationError('key-mismatch', 'registry key is not UTF-8')
+    throw new RegistryValidationError('key_mismatch', 'registry key is not UTF-8')
   }
 }
 

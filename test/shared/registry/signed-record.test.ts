@@ -47,9 +47,9 @@ describe('signed registry records', () => {
   it('refuses a tampered record', async () => {
     const value = await signRecord(record, await generateKeyPair('Ed25519'))
     const tampered = edit(value, e => { e.record.image = 'evil:latest' })
-    expect((await refusal(verifySignedRecord(registryKey('hello'), tampered, []))).code).toBe('bad-signature')
+    expect((await refusal(verifySignedRecord(registryKey('hello'), tampered, []))).code).toBe('bad_signature')
     const bumped = edit(value, e => { e.record.seq = 999 })
-    expect((await refusal(verifySignedRecord(registryKey('hello'), bumped, []))).code).toBe('bad-signature')
+    expect((await refusal(verifySignedRecord(registryKey('hello'), bumped, []))).code).toBe('bad_signature')
   })
 
   it('refuses a record signed by another key than the one it names', async () => {
@@ -57,7 +57,7 @@ describe('signed registry records', () => {
     const other = await signRecord(record, await generateKeyPair('Ed25519'))
     const swapped = edit(value, e => { e.publicKey = envelopeOf(other).publicKey })
     const err = await refusal(verifySignedRecord(registryKey('hello'), swapped, []))
-    expect(err.code).toBe('bad-signature')
+    expect(err.code).toBe('bad_signature')
     expect(err.message).toMatch(/bad signature/)
   })
 
@@ -65,26 +65,26 @@ describe('signed registry records', () => {
     const allowed = peerIdFromPrivateKey(await generateKeyPair('Ed25519')).toString()
     const value = await signRecord(record, await generateKeyPair('Ed25519'))
     const err = await refusal(verifySignedRecord(registryKey('hello'), value, [allowed]))
-    expect(err.code).toBe('signer-not-allowed')
+    expect(err.code).toBe('signer_not_allowed')
     expect(err.message).toMatch(/not in RegistryKeys/)
   })
 
   it('refuses a record stored under another name', async () => {
     const value = await signRecord(record, await generateKeyPair('Ed25519'))
     const err = await refusal(verifySignedRecord(registryKey('other'), value, []))
-    expect(err.code).toBe('key-mismatch')
+    expect(err.code).toBe('key_mismatch')
     expect(err.message).toContain('/hyphae/svc/hello')
   })
 
   it('refuses bad JSON, a bad envelope and a record failing the schema', async () => {
     const key = registryKey('hello')
-    expect((await refusal(verifySignedRecord(key, new TextEncoder().encode('{not json'), []))).code).toBe('bad-json')
-    expect((await refusal(verifySignedRecord(key, new Uint8Array([0xff, 0xfe]), []))).code).toBe('bad-json')
-    expect((await refusal(verifySignedRecord(key, new TextEncoder().encode('{"record":{}}'), []))).code).toBe('bad-envelope')
+    expect((await refusal(verifySignedRecord(key, new TextEncoder().encode('{not json'), []))).code).toBe('bad_json')
+    expect((await refusal(verifySignedRecord(key, new Uint8Array([0xff, 0xfe]), []))).code).toBe('bad_json')
+    expect((await refusal(verifySignedRecord(key, new TextEncoder().encode('{"record":{}}'), []))).code).toBe('bad_envelope')
     const value = await signRecord(record, await generateKeyPair('Ed25519'))
     const both = edit(value, e => { e.record.command = 'run-it' })
     const err = await refusal(verifySignedRecord(key, both, []))
-    expect(err.code).toBe('bad-schema')
+    expect(err.code).toBe('bad_schema')
     expect(err.message).toMatch(/exactly one of image and command/)
   })
 
