@@ -5,6 +5,7 @@ import { raceSignal } from '../shared/abort.js'
 import { Announcer } from '../shared/announcer.js'
 import { allocatorCid } from '../shared/cids.js'
 import { InstanceCounter } from '../shared/instance-count.js'
+import { PeerFinder } from '../shared/peer-finder.js'
 import { MinInstancesGuard } from './min-instances.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
@@ -83,7 +84,7 @@ export class Allocator {
 
   constructor (private readonly init: AllocatorInit) {
     this.capacity = init.capacity ?? { cpus: availableParallelism(), memoryMb: Math.floor(totalmem() / 1024 / 1024 * 0.9) }
-    this.instanceCounter = new InstanceCounter({ node: init.node, log: init.log })
+    this.instanceCounter = new InstanceCounter({ finder: new PeerFinder({ node: init.node, log: init.log }) })
     this.floor = new MinInstancesGuard({ counter: this.instanceCounter, log: init.log })
     this.rateLimiter = new PeerRateLimiter(init.admission)
     this.metrics = init.metrics ?? new MetricsRegistry()

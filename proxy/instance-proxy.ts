@@ -90,11 +90,12 @@ export class InstanceProxy {
     // a minInstances above one is kept warm.
     const targetRps = record.targetRps ?? init.defaultTargetRps
     if (targetRps != null || (record.minInstances ?? 0) > 1) {
+      const finder = init.finder ?? new PeerFinder({ node: init.node, log: init.log })
       this.autoscaler = new Autoscaler({
         node: init.node,
         record,
-        finder: init.finder ?? new PeerFinder({ node: init.node, log: init.log }),
-        instances: new InstanceCounter({ node: init.node, log: init.log }),
+        finder,
+        instances: new InstanceCounter({ finder }),
         log: init.log,
         targetRps,
         hardRttMs: record.hardRttMs ?? init.defaultHardRttMs,

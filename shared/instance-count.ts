@@ -1,13 +1,10 @@
-import type { PeerId } from '@libp2p/interface'
 import { raceSignal } from './abort.js'
 import { serviceCid } from './cids.js'
-import type { Logger } from './log.js'
-import type { MeshNode } from './node.js'
+import type { PeerFinder } from './peer-finder.js'
 import type { ServiceRecord } from './registry/record.js'
 
 export interface InstanceCounterInit {
-  node: MeshNode
-  log: Logger
+  finder: PeerFinder
   /** How long one answer is reused. Callers ask on every check; the DHT need not be walked each time. */
   cacheMs?: number
   /** How long the DHT walk for providers may take. */
@@ -70,37 +67,6 @@ export class InstanceCounter {
   }
 
   private async lookup (cid: Awaited<ReturnType<typeof serviceCid>>): Promise<ReadonlySet<string>> {
-    const { node, log } = this.init
-    const self = node.peerId.toString()
-    const seen = new Set<string>()
-    const live = new Set<string>()
-    const checks: Array<Promise<void>> = []
-    try {
-      for await (const provider of node.contentRouting.findProviders(cid, { signal: AbortSignal.timeout(this.lookupTimeoutMs) })) {
-        const id = provider.id.toString()
-        if (seen.has(id)) continue
-        seen.add(id)
-        if (id === self) {
-          live.add(id)
-          continue
-        }
-        if (provider.multiaddrs.length > 0) await node.peerStore.merge(provider.id, { multiaddrs: provider.multiaddrs }).catch(() => {})
-        checks.push(this.alive(provider.id).then(ok => { if (ok) live.add(id) }))
-      }
-    } catch (err) {
-      // The deadline ends most walks on a large mesh: what was found by then is the answer.
-      log.debug({ cid: cid.toString(), err }, 'instance count: provider walk ended early')
-    }
-    await Promise.all(checks)
-    return live
-  }
-
-  private async alive (peer: PeerId): Promise<boolean> {
-    try {
-      await this.init.node.services.ping.ping(peer, { signal: AbortSignal.timeout(this.pingTimeoutMs) })
-      return true
-    } catch {
-      return false
-    }
+    return await this.init.finder.liveProviders(cid, { walkMs: this.lookupTimeoutMs, pingMs: this.pingTimeoutMs })
   }
 }

@@ -35,8 +35,6 @@ export class PeerFinder {
    */
   async discover (cid: CID, hardRttMs: number, signal?: AbortSignal): Promise<Candidate[]> {
     const { node } = this.init
-    const self = node.peerId.toString()
-    const seen = new Set<string>()
     const pings: Array<Promise<Candidate | undefined>> = []
     // The walk also ends once a provider answered and no new one came for a while: a walk
     // waits out every peer it asks, and one hung peer would hold it to its deadline.
@@ -49,20 +47,17 @@ export class PeerFinder {
     const walk = deadline(this.discoveryTimeoutMs, signal, settled.signal)
     let answered = false
     try {
-      for await (const provider of node.contentRouting.findProviders(cid, { signal: walk.signal })) {
-        const key = provider.id.toString()
-        if (key === self || seen.has(key)) continue
-        seen.add(key)
+      await this.walk(cid, walk.signal, id => {
+        if (id.equals(node.peerId)) return
         if (answered) settle()
-        if (provider.multiaddrs.length > 0) await node.peerStore.merge(provider.id, { multiaddrs: provider.multiaddrs })
-        pings.push(this.measure(provider.id, hardRttMs, signal).then(found => {
+        pings.push(this.measure(id, hardRttMs, signal).then(found => {
           if (found != null && !answered) {
             answered = true
             settle()
           }
           return found
         }))
-      }
+      })
     } catch (err) {
       // A walk cut short by its deadline still yields the providers found so far.
       if (signal?.aborted === true) throw err
@@ -73,6 +68,44 @@ export class PeerFinder {
     }
     const measured = await Promise.all(pings)
     return measured.filter((c): c is Candidate => c != null).sort((a, b) => a.rttMs - b.rttMs)
+  }
+
+  /**
+   * Every provider of `cid` the walk finds before `walkMs` that answers a ping within `pingMs`
+   * (this node included when it provides). Unlike discover(), the walk is not cut short once
+   * providers answer: this is a count, and a short walk would undercount.
+   */
+  async liveProviders (cid: CID, options: { walkMs: number, pingMs: number }): Promise<Set<string>> {
+    const { node } = this.init
+    const live = new Set<string>()
+    const checks: Array<Promise<void>> = []
+    try {
+      await this.walk(cid, AbortSignal.timeout(options.walkMs), id => {
+        if (id.equals(node.peerId)) {
+          live.add(id.toString())
+          return
+        }
+        checks.push(this.ping(id, Infinity, undefined, options.pingMs).then(rtt => { if (rtt != null) live.add(id.toString()) }))
+      })
+    } catch (err) {
+      // The deadline ends most walks on a large mesh: what was found by then is the answer.
+      this.init.log.debug({ cid: cid.toString(), err }, 'provider count: walk ended early')
+    }
+    await Promise.all(checks)
+    return live
+  }
+
+  /** Walks the DHT for the providers of `cid`, each once, with its addresses in the peer store first. */
+  private async walk (cid: CID, signal: AbortSignal, onProvider: (id: PeerId) => void): Promise<void> {
+    const { node } = this.init
+    const seen = new Set<string>()
+    for await (const provider of node.contentRouting.findProviders(cid, { signal })) {
+      const key = provider.id.toString()
+      if (seen.has(key)) continue
+      seen.add(key)
+      if (provider.multiaddrs.length > 0) await node.peerStore.merge(provider.id, { multiaddrs: provider.multiaddrs }).catch(() => {})
+      onProvider(provider.id)
+    }
   }
 
   /** The peer's RTT, or undefined when it does not answer or is over `hardRttMs`. */

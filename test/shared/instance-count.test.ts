@@ -2,6 +2,7 @@ import { pino } from 'pino'
 import { afterAll, describe, expect, it } from 'vitest'
 import { serviceCid } from '../../shared/cids.js'
 import { InstanceCounter } from '../../shared/instance-count.js'
+import { PeerFinder } from '../../shared/peer-finder.js'
 import type { MeshNode } from '../../shared/node.js'
 import { parseRecord } from '../../shared/registry/record.js'
 import { connectMesh, startTestNode } from '../helpers/nodes.js'
@@ -24,7 +25,7 @@ describe('InstanceCounter', () => {
 
     // The walk and ping deadlines (1 s by default) are production trade-offs; here a loaded CI
     // machine must not cut them short: this test is about live versus stale providers.
-    const counter = new InstanceCounter({ node: asker, log, cacheMs: 60_000, lookupTimeoutMs: 10_000, pingTimeoutMs: 5000 })
+    const counter = new InstanceCounter({ finder: new PeerFinder({ node: asker, log }), cacheMs: 60_000, lookupTimeoutMs: 10_000, pingTimeoutMs: 5000 })
     expect(await counter.count(record)).toBe(3)
     const peers = await counter.providers(record)
     expect([...peers].sort()).toEqual([one, two, gone].map(n => n.peerId.toString()).sort())
