@@ -1,26 +1,14 @@
-import { probeHealth, type ProbeResult } from '../shared/health.js'
 import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
-import type { InstanceExit, InstanceSpec, Runtime, RuntimeInstance } from './runtime.js'
+import { AppSlot } from './app-slot.js'
+import { backoffDelay, DEFAULT_BACKOFF, HealthVerdict, type BackoffConfig } from './health-verdict.js'
+import type { InstanceExit, InstanceSpec, Runtime } from './runtime.js'
+import { SidecarKeeper, type Sidecar, type StartSidecar } from './sidecar-keeper.js'
 
-
-/** The server-mode proxy beside an instance, as the supervisor needs it. */
-export interface Sidecar {
-  peerId: string
-  multiaddrs: string[]
-  /** Seconds since its instance last finished serving a request; undefined: no answer in time. */
-  idle: (timeoutMs: number) => Promise<number | undefined>
-  stop: () => Promise<void>
-  /** Settles when it ended, for whatever reason. */
-  exited: Promise<unknown>
-}
-
-/**
- * Starts a sidecar for the app and resolves once it is ready (it advertised the instance).
- * When the signal aborts, it should give up and leave nothing running.
- */
-export type StartSidecar = (app: { host: string, port: number }, options: { signal: AbortSignal }) => Promise<Sidecar>
+// Part of the supervisor's API since before these parts had modules of their own.
+export { backoffDelay, type BackoffConfig } from './health-verdict.js'
+export type { Sidecar, StartSidecar } from './sidecar-keeper.js'
 
 export type SupervisorState = 'starting' | 'healthy' | 'unhealthy' | 'relaunching' | 'stopped' | 'culled' | 'failed'
 
@@ -30,11 +18,6 @@ export type SupervisorState = 'starting' | 'healthy' | 'unhealthy' | 'relaunchin
  * stopped: the supervisor ended, and everything it ran is gone.
  */
 export type SupervisorEvent = 'started' | 'healthy' | 'unhealthy' | 'relaunched' | 'culled' | 'failed' | 'stopped'
-
-export interface BackoffConfig {
-  initialMs: number
-  maxMs: number
-}
 
 export interface SupervisorInit {
   runtime: Runtime
@@ -78,14 +61,8 @@ const DEFAULTS = {
   stopGraceMs: 5000,
   healthTimeoutMs: 2000,
   startPollMs: 75,
-  backoff: { initialMs: 500, maxMs: 30_000 }
+  backoff: DEFAULT_BACKOFF
 } as const
-
-/** How long to wait before the attempt-th retry (1-based): doubling from initialMs, capped at maxMs. */
-export function backoffDelay (attempt: number, backoff: BackoffConfig): number {
-  if (attempt <= 0) return 0
-  return Math.min(backoff.maxMs, backoff.initialMs * 2 ** Math.min(attempt - 1, 30))
-}
 
 /**
  * Owns one instance of a service: its app (through a runtime) and its sidecar proxy. Starts
@@ -93,33 +70,20 @@ export function backoffDelay (attempt: number, backoff: BackoffConfig): number {
  * up, need not change), culls the whole instance when it idles, and stops it on request.
  */
 export class InstanceSupervisor {
-  private current: SupervisorState = 'starting'
+  /** Once running, the health verdict tells healthy, unhealthy or relaunching apart. */
+  private lifecycle: 'starting' | 'running' | 'stopped' | 'culled' | 'failed' = 'starting'
   private relaunchCount = 0
-  private app?: RuntimeInstance
-  /** Set when the current app exited; the next tick relaunches it. */
-  private appExit?: InstanceExit
   /** Why the app must be relaunched, when its health checks said so; the next tick does it. */
   private relaunchDue?: string
-  /** Where the app answers; the same across relaunches, which reuse the port. */
-  private appAddress?: { host: string, port: number }
   /** The last lines of the last app that failed to start, for the error message. */
   private lastOutput: string[] = []
-  private sidecar?: Sidecar
-  private sidecarDown = false
-  private sidecarRestart?: Promise<void>
-  private sidecarFailures = 0
-  private nextSidecarAttemptAt = 0
   private readonly lifetime = new AbortController()
   private starting?: Promise<unknown>
   private loop?: Promise<void>
   private ending?: Promise<void>
-  private wake?: () => void
-  private passes = 0
-  private fails = 0
-  /** Relaunches since the app last became healthy: drives the backoff. */
-  private failedRelaunches = 0
-  private launchedAt = 0
-  private passedSinceLaunch = false
+  private readonly app: AppSlot
+  private readonly health: HealthVerdict
+  private readonly sidecars: SidecarKeeper
   private readonly log: Logger
   private readonly cfg: Required<Omit<SupervisorInit, 'runtime' | 'spec' | 'startSidecar' | 'log' | 'backoff' | 'cullable' | 'onEvent'>> & { backoff: BackoffConfig }
   private readonly finished: Promise<SupervisorState>
@@ -127,7 +91,7 @@ export class InstanceSupervisor {
 
   constructor (private readonly init: SupervisorInit) {
     this.log = init.log.child({ service: init.spec.record.name, instance: init.spec.instanceId, port: init.spec.hostPort })
-    this.cfg = {
+    const cfg = this.cfg = {
       healthIntervalMs: init.healthIntervalMs ?? DEFAULTS.healthIntervalMs,
       unhealthyAfter: init.unhealthyAfter ?? DEFAULTS.unhealthyAfter,
       healthyAfter: init.healthyAfter ?? DEFAULTS.healthyAfter,
@@ -141,18 +105,21 @@ export class InstanceSupervisor {
       now: init.now ?? Date.now,
       backoff: { ...DEFAULTS.backoff, ...init.backoff }
     }
+    this.app = new AppSlot({ ...cfg, runtime: init.runtime, spec: init.spec, log: this.log, signal: this.lifetime.signal })
+    this.health = new HealthVerdict({ ...cfg, healthPath: init.spec.record.health })
+    this.sidecars = new SidecarKeeper({ ...cfg, startSidecar: init.startSidecar, log: this.log, signal: this.lifetime.signal, service: init.spec.record.name })
     this.finished = new Promise(resolve => { this.resolveFinished = resolve })
   }
 
-  get state (): SupervisorState { return this.current }
+  get state (): SupervisorState { return this.lifecycle === 'running' ? this.health.phase : this.lifecycle }
   get relaunches (): number { return this.relaunchCount }
   get service (): string { return this.init.spec.record.name }
   get record (): ServiceRecord { return this.init.spec.record }
   get instanceId (): string { return this.init.spec.instanceId }
   get hostPort (): number { return this.init.spec.hostPort }
   /** The sidecar's identity; it changes if the sidecar had to be restarted. */
-  get peerId (): string | undefined { return this.sidecar?.peerId }
-  get multiaddrs (): string[] { return this.sidecar?.multiaddrs ?? [] }
+  get peerId (): string | undefined { return this.sidecars.current?.peerId }
+  get multiaddrs (): string[] { return this.sidecars.current?.multiaddrs ?? [] }
   /** Settles with the final state once the supervisor ended (stopped, culled or failed) and left nothing running. */
   get done (): Promise<SupervisorState> { return this.finished }
 
@@ -186,12 +153,12 @@ export class InstanceSupervisor {
       await this.teardown()
       if (!this.lifetime.signal.aborted) {
         this.lifetime.abort()
-        this.log.info({ code: error.code, err: error.message, relaunches: this.relaunchCount }, 'instance failed to start')
+        this.log.info({ code: error.code, err: error, relaunches: this.relaunchCount }, 'instance failed to start')
         this.finish('failed')
       }
       throw error
     }
-    this.current = 'healthy'
+    this.lifecycle = 'running'
     this.log.info({ ms: this.cfg.now() - begun, peerId: sidecar.peerId, relaunches: this.relaunchCount }, 'instance started')
     this.emit('started')
     this.loop = this.supervise()
@@ -209,17 +176,17 @@ export class InstanceSupervisor {
         if (attempt >= this.cfg.startAttempts || this.cfg.now() + wait >= deadline) {
           throw new AllocationError('start_failed', `the app of '${this.service}' ${lastExit?.reason ?? 'exited'} before it became healthy (${attempt} attempts)${this.outputHint()}`)
         }
-        await this.pause(wait)
+        await this.app.pause(wait)
         this.throwIfAborted()
       }
-      const app = await this.launch()
+      const app = await this.app.launch()
       if (attempt > 0) this.countRelaunch(`start attempt ${attempt + 1}`)
-      const first = await this.waitForFirstPass(app, deadline)
+      const first = await this.app.waitForFirstPass(app, deadline)
       if (first.kind === 'exited') {
         lastExit = first.exit
         this.lastOutput = app.recentOutput()
         this.log.debug({ reason: first.exit.reason, attempt: attempt + 1 }, 'app exited before it became healthy')
-        await this.stopApp()
+        await this.app.stop()
         attempt++
         continue
       }
@@ -231,12 +198,13 @@ export class InstanceSupervisor {
         }
         throw new AllocationError('timeout', `the app of '${this.service}' did not answer ${health} within ${this.cfg.startTimeoutMs} ms (${first.last?.error ?? 'no answer'})${this.outputHint()}`)
       }
-      const sidecar = await this.startSidecarWhileAppRuns(app, deadline)
+      const sidecar = await this.sidecars.start(app, deadline)
       if (sidecar != null) return sidecar
+      this.throwIfAborted()
       // The app exited while the sidecar was starting: the same as an exit before the first pass.
-      lastExit = this.appExit
+      lastExit = this.app.exited
       this.lastOutput = app.recentOutput()
-      await this.stopApp()
+      await this.app.stop()
       attempt++
     }
   }
@@ -246,210 +214,85 @@ export class InstanceSupervisor {
     return lines.length === 0 ? '' : `; last output: ${lines.join(' | ')}`
   }
 
-  /** Polls the health path quickly until it passes, the app exits, or the deadline passes. */
-  private async waitForFirstPass (app: RuntimeInstance, deadline: number): Promise<{ kind: 'passed' } | { kind: 'exited', exit: InstanceExit } | { kind: 'timeout', last?: ProbeResult }> {
-    let last: ProbeResult | undefined
-    for (;;) {
-      this.throwIfAborted()
-      if (this.appExit != null) return { kind: 'exited', exit: this.appExit }
-      const remaining = deadline - this.cfg.now()
-      if (remaining <= 0) return { kind: 'timeout', last }
-      last = await this.probe(app, Math.min(this.cfg.healthTimeoutMs, remaining))
-      if (last.ok) return { kind: 'passed' }
-      // An exit is more telling than the refused connection that it caused.
-      if (this.appExit != null) continue
-      await this.pause(Math.min(this.cfg.startPollMs, Math.max(0, deadline - this.cfg.now())))
-    }
-  }
-
-  /** Resolves with the ready sidecar, or undefined if the app exited meanwhile. */
-  private async startSidecarWhileAppRuns (app: RuntimeInstance, deadline: number): Promise<Sidecar | undefined> {
-    const cancel = new AbortController()
-    const onAbort = (): void => { cancel.abort() }
-    this.lifetime.signal.addEventListener('abort', onAbort, { once: true })
-    const pending = this.init.startSidecar(app.app, { signal: cancel.signal })
-    let timer: NodeJS.Timeout | undefined
-    type Outcome = { kind: 'ready', sidecar: Sidecar } | { kind: 'error', err: unknown } | { kind: 'timeout' } | { kind: 'exited' } | { kind: 'aborted' }
-    const outcome = await new Promise<Outcome>(resolve => {
-      pending.then(sidecar => { resolve({ kind: 'ready', sidecar }) }, (err: unknown) => { resolve({ kind: 'error', err }) })
-      timer = setTimeout(() => { resolve({ kind: 'timeout' }) }, Math.max(0, deadline - this.cfg.now()))
-      void app.exited.then(() => { resolve({ kind: 'exited' }) })
-      if (this.lifetime.signal.aborted) resolve({ kind: 'aborted' })
-      this.lifetime.signal.addEventListener('abort', () => { resolve({ kind: 'aborted' }) }, { once: true })
-    })
-    clearTimeout(timer)
-    this.lifetime.signal.removeEventListener('abort', onAbort)
-    if (outcome.kind === 'ready') {
-      this.attachSidecar(outcome.sidecar)
-      return outcome.sidecar
-    }
-    cancel.abort()
-    await this.discardLateSidecar(pending)
-    if (outcome.kind === 'exited') return undefined
-    this.throwIfAborted()
-    if (outcome.kind === 'timeout') {
-      throw new AllocationError('timeout', `the server proxy of '${this.service}' was not ready within the start timeout (${this.cfg.startTimeoutMs} ms)`)
-    }
-    const message = outcome.kind === 'error' && outcome.err instanceof Error ? outcome.err.message : String(outcome.kind === 'error' ? outcome.err : outcome.kind)
-    throw new AllocationError('sidecar_failed', `the server proxy of '${this.service}' did not start: ${message}`, { cause: outcome.kind === 'error' ? outcome.err : undefined })
-  }
-
-  /** A sidecar that becomes ready after we gave up on it must not stay behind. */
-  private async discardLateSidecar (pending: Promise<Sidecar>): Promise<void> {
-    let timer: NodeJS.Timeout | undefined
-    const late = await Promise.race([
-      pending.catch(() => undefined),
-      new Promise<undefined>(resolve => { timer = setTimeout(() => { resolve(undefined) }, LATE_SIDECAR_WAIT_MS) })
-    ])
-    clearTimeout(timer)
-    if (late != null) await late.stop().catch(() => {})
-    // Past the wait it may still arrive: stop it then, whenever that is.
-    else void pending.then(async sidecar => { await sidecar.stop() }).catch(() => {})
-  }
-
   // ---- supervision -------------------------------------------------------------------------
 
   private async supervise (): Promise<void> {
     while (!this.lifetime.signal.aborted) {
-      if (this.app != null && this.appExit == null && this.relaunchDue == null) await this.pause(this.cfg.healthIntervalMs)
+      if (this.app.current != null && this.app.exited == null && this.relaunchDue == null) await this.app.pause(this.cfg.healthIntervalMs)
       if (this.lifetime.signal.aborted) break
       try {
         await this.tick()
       } catch (err) {
         if (this.lifetime.signal.aborted) break
         // A bug here must not end supervision of a running instance; the next tick retries.
-        this.log.error({ err: errorText(err) }, 'supervision step failed')
-        await this.pause(this.cfg.healthIntervalMs)
+        this.log.error({ err }, 'supervision step failed')
+        await this.app.pause(this.cfg.healthIntervalMs)
       }
     }
   }
 
   private async tick (): Promise<void> {
-    if (this.app == null || this.appExit != null || this.relaunchDue != null) {
-      const reason = this.relaunchDue ?? (this.appExit != null ? `the app ${this.appExit.reason}` : 'the last relaunch did not start')
+    const app = this.app.current
+    const exit = this.app.exited
+    if (app == null || exit != null || this.relaunchDue != null) {
+      const reason = this.relaunchDue ?? (exit != null ? `the app ${exit.reason}` : 'the last relaunch did not start')
       this.relaunchDue = undefined
       await this.relaunch(reason)
       return
     }
-    const app = this.app
-    const result = await this.probe(app, this.cfg.healthTimeoutMs)
-    if (this.lifetime.signal.aborted || this.app !== app) return
-    if (this.appExit != null) return // handled on the next turn, without a pause
-    if (result.ok) {
-      this.onPass()
-    } else {
-      const why = result.status != null ? `HTTP ${result.status}` : result.error ?? 'no answer'
-      if (this.onFail(why)) return
+    const result = await this.app.probe(app, this.cfg.healthTimeoutMs)
+    if (this.lifetime.signal.aborted || this.app.current !== app) return
+    if (this.app.exited != null) return // handled on the next turn, without a pause
+    const verdict = this.health.judge(result)
+    if ((verdict.kind === 'fail' || verdict.kind === 'relaunch') && verdict.fails > 0) this.log.debug({ fails: verdict.fails, why: verdict.why }, 'health check failed')
+    if (verdict.kind === 'relaunch') {
+      this.relaunchDue = verdict.reason
+      return
     }
-    this.checkSidecar()
+    if (verdict.kind === 'healthy') {
+      this.log.info({ relaunches: this.relaunchCount, passes: verdict.passes }, 'instance healthy again')
+      this.emit('healthy')
+    }
+    this.sidecars.restartIfDown(this.app.address)
     await this.checkIdle()
   }
 
-  private onPass (): void {
-    this.fails = 0
-    this.passedSinceLaunch = true
-    if (this.current !== 'unhealthy') return
-    this.passes++
-    if (this.passes < this.cfg.healthyAfter) return
-    this.current = 'healthy'
-    this.failedRelaunches = 0
-    this.log.info({ relaunches: this.relaunchCount, passes: this.passes }, 'instance healthy again')
-    this.emit('healthy')
-  }
-
-  /** Records a failed check; returns true when it led to a relaunch. */
-  private onFail (why: string): boolean {
-    this.passes = 0
-    // A relaunched app that has not answered yet may still be booting: it gets the start
-    // timeout, as at the first start, rather than N intervals.
-    if (this.current === 'unhealthy' && !this.passedSinceLaunch) {
-      if (this.cfg.now() - this.launchedAt < this.cfg.startTimeoutMs) return false
-      this.relaunchDue = `the relaunched app did not pass ${this.init.spec.record.health} within ${this.cfg.startTimeoutMs} ms (last: ${why})`
-      return true
-    }
-    this.fails++
-    this.log.debug({ fails: this.fails, why }, 'health check failed')
-    if (this.fails < this.cfg.unhealthyAfter) return false
-    this.relaunchDue = `${this.fails} health checks failed in a row (last: ${why})`
-    return true
-  }
-
   private async relaunch (why: string): Promise<void> {
-    if (this.current === 'healthy') {
+    if (this.health.phase === 'healthy') {
       this.log.info({ reason: why }, 'instance unhealthy: relaunching')
       this.emit('unhealthy')
     }
-    this.current = 'relaunching'
-    await this.stopApp()
-    if (this.failedRelaunches >= this.cfg.maxFailedRelaunches) {
-      await this.end('failed', `${this.failedRelaunches} relaunches in a row did not become healthy (last: ${why})`, true)
+    const plan = this.health.planRelaunch()
+    await this.app.stop()
+    if (plan.kind === 'give-up') {
+      await this.end('failed', `${plan.failedRelaunches} relaunches in a row did not become healthy (last: ${why})`, true)
       return
     }
-    if (this.failedRelaunches > 0) {
-      const wait = backoffDelay(this.failedRelaunches, this.cfg.backoff)
-      this.log.info({ reason: why, backoffMs: wait, failedRelaunches: this.failedRelaunches }, 'relaunch did not become healthy: backing off')
-      await this.pause(wait)
+    if (plan.failedRelaunches > 0) {
+      this.log.info({ reason: why, backoffMs: plan.backoffMs, failedRelaunches: plan.failedRelaunches }, 'relaunch did not become healthy: backing off')
+      await this.app.pause(plan.backoffMs)
       if (this.lifetime.signal.aborted) return
     }
-    // Presumed failed until it passes healthyAfter checks, which resets the count.
-    this.failedRelaunches++
     try {
-      await this.launch()
+      await this.app.launch()
     } catch (err) {
       if (this.lifetime.signal.aborted) return
-      this.log.warn({ err: errorText(err), failedRelaunches: this.failedRelaunches }, 'relaunch failed to start the app')
+      // This relaunch counts among the failed ones already.
+      this.log.warn({ err, failedRelaunches: plan.failedRelaunches + 1 }, 'relaunch failed to start the app')
       return
     }
     this.countRelaunch(why)
-    this.current = 'unhealthy'
+    this.health.relaunched()
   }
 
   private countRelaunch (reason: string): void {
     this.relaunchCount++
-    this.passes = 0
-    this.fails = 0
     this.log.info({ relaunches: this.relaunchCount, reason }, 'instance relaunched')
     this.emit('relaunched')
   }
 
-  private checkSidecar (): void {
-    const app = this.appAddress
-    if (!this.sidecarDown || this.sidecarRestart != null || this.cfg.now() < this.nextSidecarAttemptAt || app == null) return
-    this.sidecarRestart = (async () => {
-      try {
-        const sidecar = await this.init.startSidecar(app, { signal: this.lifetime.signal })
-        if (this.lifetime.signal.aborted) {
-          await sidecar.stop().catch(() => {})
-          return
-        }
-        this.attachSidecar(sidecar)
-        this.sidecarFailures = 0
-        this.log.info({ peerId: sidecar.peerId }, 'sidecar restarted')
-      } catch (err) {
-        if (this.lifetime.signal.aborted) return
-        this.sidecarFailures++
-        const wait = backoffDelay(this.sidecarFailures, this.cfg.backoff)
-        this.nextSidecarAttemptAt = this.cfg.now() + wait
-        this.log.warn({ err: errorText(err), retryInMs: wait }, 'sidecar restart failed')
-      } finally {
-        this.sidecarRestart = undefined
-      }
-    })()
-  }
-
-  private attachSidecar (sidecar: Sidecar): void {
-    this.sidecar = sidecar
-    this.sidecarDown = false
-    void sidecar.exited.then(() => {
-      if (this.sidecar !== sidecar || this.lifetime.signal.aborted) return
-      this.sidecar = undefined
-      this.sidecarDown = true
-      this.log.warn({ peerId: sidecar.peerId }, 'sidecar exited unexpectedly: restarting it')
-    })
-  }
-
   private async checkIdle (): Promise<void> {
-    const sidecar = this.sidecar
+    const sidecar = this.sidecars.current
     if (sidecar == null || this.init.cullable?.() === false) return
     const idle = await sidecar.idle(this.cfg.healthTimeoutMs)
     if (idle === undefined || this.lifetime.signal.aborted || idle <= this.cfg.idleTimeoutS) return
@@ -458,52 +301,10 @@ export class InstanceSupervisor {
 
   // ---- plumbing ----------------------------------------------------------------------------
 
-  private async launch (): Promise<RuntimeInstance> {
-    this.throwIfAborted()
-    const app = await this.init.runtime.start(this.init.spec, { signal: this.lifetime.signal })
-    if (this.lifetime.signal.aborted) {
-      await this.init.runtime.stop(app, { graceMs: this.cfg.stopGraceMs }).catch(() => {})
-      this.throwIfAborted()
-    }
-    this.app = app
-    this.appAddress = app.app
-    this.appExit = undefined
-    this.relaunchDue = undefined
-    this.launchedAt = this.cfg.now()
-    this.passedSinceLaunch = false
-    void app.exited.then(exit => {
-      if (this.app !== app) return
-      this.appExit = exit
-      this.wake?.()
-    })
-    return app
-  }
-
-  private async stopApp (): Promise<void> {
-    const app = this.app
-    this.app = undefined
-    this.appExit = undefined
-    if (app == null) return
-    try {
-      await this.init.runtime.stop(app, { graceMs: this.cfg.stopGraceMs })
-    } catch (err) {
-      this.log.warn({ err: errorText(err) }, 'cannot stop the app')
-    }
-  }
-
   /** Stops the sidecar first, so it stops advertising before its app goes away. */
   private async teardown (): Promise<void> {
-    await this.sidecarRestart
-    const sidecar = this.sidecar
-    this.sidecar = undefined
-    if (sidecar != null) {
-      try {
-        await sidecar.stop()
-      } catch (err) {
-        this.log.warn({ err: errorText(err) }, 'cannot stop the sidecar')
-      }
-    }
-    await this.stopApp()
+    await this.sidecars.stop()
+    await this.app.stop()
   }
 
   /**
@@ -513,13 +314,12 @@ export class InstanceSupervisor {
   private async end (final: 'stopped' | 'culled' | 'failed', reason: string, fromLoop: boolean): Promise<void> {
     this.ending ??= (async () => {
       this.lifetime.abort()
-      this.wake?.()
       if (!fromLoop) {
         await this.starting?.catch(() => {})
         await this.loop
       }
       // A start that failed on its own has already torn down and reported 'failed'.
-      if (this.current === 'failed') return
+      if (this.lifecycle === 'failed') return
       await this.teardown()
       this.log.info({ reason, relaunches: this.relaunchCount }, `instance ${final}`)
       this.finish(final)
@@ -527,52 +327,26 @@ export class InstanceSupervisor {
     await this.ending
   }
 
-  private finish (final: SupervisorState): void {
-    this.current = final
+  private finish (final: 'stopped' | 'culled' | 'failed'): void {
+    this.lifecycle = final
     this.resolveFinished(final)
-    this.emit(final as SupervisorEvent)
+    this.emit(final)
   }
 
   private emit (event: SupervisorEvent): void {
     try {
       this.init.onEvent?.(event, this)
     } catch (err) {
-      this.log.warn({ err: errorText(err), event }, 'event listener failed')
+      this.log.warn({ err, event }, 'event listener failed')
     }
-  }
-
-  /** Sleeps, but wakes early when the app exits or the supervisor ends. */
-  private async pause (ms: number): Promise<void> {
-    if (this.lifetime.signal.aborted || ms <= 0) return
-    await new Promise<void>(resolve => {
-      const done = (): void => {
-        clearTimeout(timer)
-        this.lifetime.signal.removeEventListener('abort', done)
-        if (this.wake === done) this.wake = undefined
-        resolve()
-      }
-      const timer = setTimeout(done, ms)
-      this.lifetime.signal.addEventListener('abort', done, { once: true })
-      this.wake = done
-    })
   }
 
   private throwIfAborted (): void {
     if (this.lifetime.signal.aborted) throw new AllocationError('aborted', `instance of '${this.service}' was stopped while starting`)
   }
-
-  private async probe (app: RuntimeInstance, timeoutMs: number): Promise<ProbeResult> {
-    return await probeHealth(app.app.host, app.app.port, this.init.spec.record.health, timeoutMs)
-  }
 }
-
-const LATE_SIDECAR_WAIT_MS = 5000
 
 function toAllocationError (err: unknown): AllocationError {
   if (err instanceof AllocationError) return err
-  return new AllocationError('start_failed', errorText(err), { cause: err })
-}
-
-function errorText (err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
+  return new AllocationError('start_failed', err instanceof Error ? err.message : String(err), { cause: err })
 }
