@@ -199,7 +199,8 @@ export class InProcessSidecars {
     return {
       peerId: node.peerId.toString(),
       multiaddrs: node.getMultiaddrs().map(ma => ma.toString()),
-      idle: async () => instance.idleSeconds,
+      // Not rounded to whole seconds: an allocator may cull after less than one.
+      idle: async () => instance.idleMs / 1000,
       stop: async () => {
         await stopNode()
         exited.resolve()

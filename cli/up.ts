@@ -5,42 +5,41 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
-import { parseCommandLine, parseLogLevel, parsePort } from '../shared/config.js'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import { COMMON_OPTIONS, optionsHelp, parsers } from '../shared/cli-options.js'
 import { UsageError } from '../shared/errors.js'
+import { parseCommand, type Io } from './command.js'
 import { dockerAvailable, ensureExampleImage, EXAMPLE_IMAGE } from './example-image.js'
 import { listenOnLoopback, PortUnavailableError } from '../shared/listen.js'
 import { createKeyFile } from '../shared/identity.js'
 import { distFile } from '../shared/paths.js'
 
-export interface UpIo {
-  out: (line: string) => void
-  err: (line: string) => void
-  env?: NodeJS.ProcessEnv
-}
-
 const ALLOCATOR_MAIN = distFile('allocator/main.js')
 const PROXY_MAIN = distFile('proxy/main.js')
 export const HELLO_MAIN = distFile('examples/hello/server.js')
 
-const UP_OPTIONS = {
-  port: { type: 'string' },
-  runtime: { type: 'string' },
-  'idle-timeout': { type: 'string' },
-  'log-level': { type: 'string' },
-  help: { type: 'boolean', short: 'h' }
-} as const
+const DEFAULT_PORT = 1234
+const DEFAULT_IDLE_TIMEOUT_S = 60
+const RUNTIMES = ['process', 'docker'] as const
 
-export const UP_USAGE = `Usage: hyphae up [--port PORT] [--runtime process|docker] [--idle-timeout SECONDS] [--log-level LEVEL]
+// Not option(): it makes every default optional in the values' type, and these always have one.
+const OPTIONS = {
+  port: { arg: 'PORT', help: 'client proxy port (0: any free port)', default: DEFAULT_PORT, parse: parsers.port },
+  runtime: { arg: 'KIND', help: 'process, or docker (builds a local image of the example)', default: RUNTIMES[0], parse: parsers.oneOf(RUNTIMES) },
+  'idle-timeout': { arg: 'SECONDS', help: 'cull an idle instance after this long', default: DEFAULT_IDLE_TIMEOUT_S, parse: parsers.positiveInt },
+  // warn whatever $HYPHAE_LOG_LEVEL says: the daemons log to this terminal, around the lines that say what to try.
+  'log-level': { ...COMMON_OPTIONS['log-level'], help: `the daemons' log level: ${COMMON_OPTIONS['log-level'].help}`, default: 'warn' as const, defaultText: undefined },
+  help: COMMON_OPTIONS.help
+}
+
+const UP_USAGE = `Usage: hyphae up [OPTIONS]
 
 Runs a whole local mesh on this machine: an allocator (the bootstrap), a client proxy on
-127.0.0.1:PORT (default 1234) and the example service 'hello', started on the first request
-and culled when idle. Ctrl-C stops everything.
+127.0.0.1:PORT and the example service 'hello', started on the first request and culled
+when idle. Ctrl-C stops everything.
 
-  --port PORT             client proxy port (default 1234)
-  --runtime KIND          process (default) or docker (builds a local image of the example)
-  --idle-timeout SECONDS  cull an idle instance after this long (default 60)
-  --log-level LEVEL       the daemons' log level (default warn)`
+Options:
+${optionsHelp(OPTIONS)}`
 
 interface Child {
   name: string
@@ -134,19 +133,15 @@ function watchNpmParent (env: NodeJS.ProcessEnv, onGone: (why: string) => void):
 }
 
 /** `hyphae up`: the README's "run" command. */
-export async function up (argv: string[], io: UpIo): Promise<number> {
-  const { values, positionals } = parseCommandLine(argv, UP_OPTIONS)
+export async function up (argv: string[], io: Io): Promise<number> {
+  const { values, positionals } = parseCommand(argv, OPTIONS)
   if (values.help === true) {
     io.out(UP_USAGE)
     return 0
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}' (see --help)`)
-  const port = parsePort(values.port, '--port', 1234)
-  const runtime = values.runtime ?? 'process'
-  if (runtime !== 'process' && runtime !== 'docker') throw new UsageError(`invalid --runtime '${runtime}': expected process or docker`)
-  const logLevel = parseLogLevel(values['log-level'] ?? 'warn', {})
-  const idleTimeout = values['idle-timeout'] ?? '60'
-  if (!/^\d+$/.test(idleTimeout) || Number(idleTimeout) <= 0) throw new UsageError(`invalid --idle-timeout '${idleTimeout}': expected a positive whole number`)
+  const { port, runtime, 'log-level': logLevel } = values
+  const idleTimeout = String(values['idle-timeout'])
 
   // The mistakes a user makes most with a demo command: one line, exit 2, nothing started.
   try {
@@ -189,7 +184,7 @@ export async function up (argv: string[], io: UpIo): Promise<number> {
   const signalled = new Promise<string>(resolve => {
     process.once('SIGINT', () => { resolve('SIGINT') })
     process.once('SIGTERM', () => { resolve('SIGTERM') })
-    unwatch = watchNpmParent(io.env ?? process.env, why => { resolve(why) })
+    unwatch = watchNpmParent(io.env, why => { resolve(why) })
   })
   const startup = (async () => {
     const common = ['--configfile', configFile, '--log-level', logLevel]

@@ -42,10 +42,15 @@ export class InstanceProxy {
 
   constructor (private readonly init: InstanceProxyInit) {}
 
-  /** Seconds since the instance last finished serving a request; 0 while one is in flight. */
-  get idleSeconds (): number {
+  /** Time since the instance last finished serving a request, ms; 0 while one is in flight. */
+  get idleMs (): number {
     if (this.server != null && this.server.requestsInFlight > 0) return 0
-    return Math.floor((Date.now() - this.lastServicedAt) / 1000)
+    return Date.now() - this.lastServicedAt
+  }
+
+  /** idleMs in whole seconds, as the `/` metrics route reports it. */
+  get idleSeconds (): number {
+    return Math.floor(this.idleMs / 1000)
   }
 
   async start (): Promise<void> {

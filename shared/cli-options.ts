@@ -30,9 +30,12 @@ type Value<S> = S extends OptionSpec<infer V>
 
 export type OptionValues<T extends OptionTable> = { -readonly [K in keyof T]: Value<T[K]> }
 
-/** Typed like a table entry, for `satisfies`-free declarations. */
-export function option<V> (spec: OptionSpec<V>): OptionSpec<V> {
-  return spec
+/**
+ * A table entry, its value type taken from `parse` and `multiple: true` and a default kept in
+ * the type, so that readOptions types repeatable options as arrays and defaulted ones as set.
+ */
+export function option<V, const S extends Omit<OptionSpec<V>, 'parse' | 'default'> & { default?: V }> (spec: S & { parse: (text: string, flag: string) => V }): S & OptionSpec<V> {
+  return spec as S & OptionSpec<V>
 }
 
 export const parsers = {

@@ -63,6 +63,13 @@ describe('hyphae keygen', () => {
     expectOneLineError(await hyphae('registry', 'get', 'web', '--configfile', join(dir, 'nope.json')), 2, /cannot read config file/)
   })
 
+  it('names the flag of a bad record number, with the record schema\'s range', async () => {
+    expectOneLineError(await hyphae('registry', 'put', 'web', '--image', 'x', '--port', 'abc'), 2, /invalid --port 'abc': expected a port number/)
+    expectOneLineError(await hyphae('registry', 'put', 'web', '--image', 'x', '--soft-rtt', '70000'), 2, /invalid --soft-rtt '70000': .*60000/)
+    expectOneLineError(await hyphae('registry', 'put', 'web', '--image', 'x', '--cpu', '0'), 2, /invalid --cpu '0'/)
+    expectOneLineError(await hyphae('registry', 'put', 'web', '--image', 'x', '--min-instances', '3', '--max-instances', '2'), 2, /invalid record: minInstances must not exceed maxInstances/)
+  })
+
   it('prints help for every command', async () => {
     for (const args of [['--help'], ['keygen', '--help'], ['registry', '--help'], ['registry', 'put', '--help'], ['registry', 'get', '--help'], ['up', '--help']]) {
       const result = await hyphae(...args)
