@@ -47,6 +47,9 @@ export interface AllocatorInit {
   capacity?: { cpus: number, memoryMb: number }
 }
 
+/** Instances one allocator runs at once. */
+export const DEFAULT_MAX_INSTANCES = 16
+
 /** Instance states that hold a share of the host. */
 const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
 
@@ -287,7 +290,7 @@ export class Allocator {
 
   private checkCapacity (record: ServiceRecord): void {
     const live = [...this.supervisors].filter(s => LIVE_STATES.has(s.state))
-    const max = this.init.maxInstances ?? 16
+    const max = this.init.maxInstances ?? DEFAULT_MAX_INSTANCES
     let reserved = 0
     for (const count of this.reserved.values()) reserved += count
     if (live.length + reserved >= max) throw new AllocationError('capacity', `this allocator runs its maximum of ${max} instances`)

@@ -1,14 +1,39 @@
 #!/usr/bin/env node
 import '../shared/polyfill.js'
-import { COMMON_OPTIONS, parseCommandLine, parsePort, parsePositiveInt } from '../shared/config.js'
+import { COMMON_OPTIONS, option, optionsHelp, parseArgsOptions, parsers, readOptions } from '../shared/cli-options.js'
+import { parseCommandLine } from '../shared/config.js'
+import { DEFAULT_SCALE_WINDOW_MS } from '../proxy/autoscaler.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { defaultDataDir, openDataDir } from '../shared/data-dir.js'
 import { UsageError } from '../shared/errors.js'
 import { MetricsServer } from '../shared/metrics-server.js'
 import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
-import { Allocator } from './allocator.js'
+import { Allocator, DEFAULT_MAX_INSTANCES } from './allocator.js'
+import { SUPERVISOR_DEFAULTS } from './supervisor.js'
 import { chooseRuntime } from './runtimes.js'
 import { InProcessSidecars, ProcessSidecars } from './sidecar.js'
+
+/** The allocator's metrics port: a well-known one, so that Prometheus finds every allocator on the same port. */
+const DEFAULT_METRICS_PORT = 9101
+const RUNTIMES = ['auto', 'docker', 'process'] as const
+const SIDECARS = ['in-process', 'process'] as const
+
+const OPTIONS = {
+  runtime: option({ arg: 'KIND', help: 'docker, process, or auto', default: 'auto', defaultText: 'auto: docker when an engine answers, else process', parse: parsers.oneOf(RUNTIMES) }),
+  'run-as': option({ arg: 'USER', help: 'user (name or uid) process apps run as; never root', defaultText: 'nobody when the allocator runs as root, else the allocator\'s own user', parse: parsers.text }),
+  'max-instances': option({ arg: 'N', help: 'most instances at once', default: DEFAULT_MAX_INSTANCES, parse: parsers.positiveInt }),
+  'idle-timeout': option({ arg: 'SECONDS', help: 'stop an instance idle this long', default: SUPERVISOR_DEFAULTS.idleTimeoutS, parse: parsers.positiveInt }),
+  'health-interval': option({ arg: 'MS', help: 'how often each instance\'s health path is checked', default: SUPERVISOR_DEFAULTS.healthIntervalMs, parse: parsers.positiveInt }),
+  'unhealthy-after': option({ arg: 'N', help: 'failed checks in a row before a relaunch', default: SUPERVISOR_DEFAULTS.unhealthyAfter, parse: parsers.positiveInt }),
+  'healthy-after': option({ arg: 'N', help: 'passing checks before a relaunched instance counts as healthy', default: SUPERVISOR_DEFAULTS.healthyAfter, parse: parsers.positiveInt }),
+  'start-timeout': option({ arg: 'MS', help: 'time for an instance to become healthy', default: SUPERVISOR_DEFAULTS.startTimeoutMs, parse: parsers.positiveInt }),
+  'scale-window': option({ arg: 'SECONDS', help: 'the window each instance\'s proxy measures its request rate over, for autoscaling', default: DEFAULT_SCALE_WINDOW_MS, defaultText: String(DEFAULT_SCALE_WINDOW_MS / 1000), parse: parsers.secondsAsMs }),
+  sidecar: option({ arg: 'KIND', help: 'where each instance\'s server proxy runs: in-process (a libp2p node of its own inside the allocator) or process (a hyphae-proxy each)', default: 'in-process', parse: parsers.oneOf(SIDECARS) }),
+  'data-dir': option({ arg: 'DIR', help: 'DHT records, peer store and identity key (DIR/key) kept here across restarts; one allocator per DIR', defaultText: '$XDG_STATE_HOME/hyphae/allocator, else ~/.local/state/hyphae/allocator', parse: parsers.text }),
+  ...COMMON_OPTIONS,
+  key: { ...COMMON_OPTIONS.key, defaultText: 'DIR/key of --data-dir' },
+  metrics: { ...COMMON_OPTIONS.metrics, help: 'Prometheus metrics on 127.0.0.1:PORT (/instances the instances; 0: any free port)', default: DEFAULT_METRICS_PORT }
+}
 
 const USAGE = `usage: hyphae-allocator [OPTIONS]
 
@@ -16,70 +41,33 @@ Starts, watches, relaunches and culls instances of services on this host, on req
 the mesh, as their signed registry records describe.
 
 Options:
-  --runtime KIND          docker, process, or auto (default: docker when an engine answers, else process)
-  --run-as USER           user (name or uid) process apps run as; never root (default: nobody when
-                          the allocator runs as root, else the allocator's own user)
-  --max-instances N       most instances at once (default 16)
-  --idle-timeout SECONDS  stop an instance idle this long (default 60)
-  --health-interval MS    how often each instance's health path is checked (default 1000)
-  --unhealthy-after N     failed checks in a row before a relaunch (default 3)
-  --healthy-after N       passing checks before a relaunched instance counts as healthy (default 2)
-  --start-timeout MS      time for an instance to become healthy (default 30000)
-  --scale-window SECONDS  the window each instance's proxy measures its request rate over, for
-                          autoscaling (default 120)
-  --sidecar KIND          where each instance's server proxy runs: in-process (default: a libp2p
-                          node of its own inside the allocator) or process (a hyphae-proxy each)
-  --configfile PATH       config file (default: conf/conf.json of the package)
-  --data-dir DIR          DHT records, peer store and identity key (DIR/key) kept here across restarts;
-                          one allocator per DIR (default: $XDG_STATE_HOME/hyphae/allocator, else
-                          ~/.local/state/hyphae/allocator)
-  --key FILE              identity key, created (0600) when missing (default: DIR/key of --data-dir)
-  --listen MULTIADDR      libp2p listen address (repeatable; default /ip4/127.0.0.1/tcp/0)
-  --announce MULTIADDR    address others should dial (repeatable)
-  --bootstrap MULTIADDR   bootstrap peer (repeatable; none: this is the first node)
-  --psk FILE              private network key (else $P2P_PSK)
-  --metrics PORT          Prometheus metrics on 127.0.0.1:PORT (default 9101; 0: any free port)
-  --log-level LEVEL       fatal, error, warn, info (default), debug, trace, silent
-  -h, --help              this text`
+${optionsHelp(OPTIONS)}`
 
 runDaemon('hyphae-allocator', async () => {
-  const { values, positionals } = parseCommandLine(process.argv.slice(2), {
-    ...COMMON_OPTIONS,
-    runtime: { type: 'string' },
-    'run-as': { type: 'string' },
-    'max-instances': { type: 'string' },
-    'idle-timeout': { type: 'string' },
-    'health-interval': { type: 'string' },
-    'unhealthy-after': { type: 'string' },
-    'healthy-after': { type: 'string' },
-    'start-timeout': { type: 'string' },
-    'scale-window': { type: 'string' },
-    sidecar: { type: 'string' },
-    'data-dir': { type: 'string' }
-  })
+  const parsed = parseCommandLine(process.argv.slice(2), parseArgsOptions(OPTIONS))
+  const { positionals } = parsed
+  const values = readOptions(OPTIONS, parsed.values)
   if (values.help === true) {
     process.stdout.write(`${USAGE}\n`)
     return undefined
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}' (see --help)`)
-  const runtimeKind = values.runtime ?? 'auto'
-  if (!['auto', 'docker', 'process'].includes(runtimeKind)) throw new UsageError(`invalid --runtime '${runtimeKind}': expected docker, process or auto`)
-  const sidecarKind = values.sidecar ?? 'in-process'
-  if (sidecarKind !== 'in-process' && sidecarKind !== 'process') throw new UsageError(`invalid --sidecar '${sidecarKind}': expected in-process or process`)
-  const metricsPort = parsePort(values.metrics, '--metrics', 9101)
-  const scaleWindowMs = parsePositiveInt(values['scale-window'], '--scale-window', 120) * 1000
+  const runtimeKind = values.runtime
+  const sidecarKind = values.sidecar
+  const metricsPort = values.metrics
+  const scaleWindowMs = values['scale-window']
   const settings = {
-    maxInstances: parsePositiveInt(values['max-instances'], '--max-instances', 16),
-    idleTimeoutS: parsePositiveInt(values['idle-timeout'], '--idle-timeout', 60),
-    healthIntervalMs: parsePositiveInt(values['health-interval'], '--health-interval', 1000),
-    unhealthyAfter: parsePositiveInt(values['unhealthy-after'], '--unhealthy-after', 3),
-    healthyAfter: parsePositiveInt(values['healthy-after'], '--healthy-after', 2),
-    startTimeoutMs: parsePositiveInt(values['start-timeout'], '--start-timeout', 30_000)
+    maxInstances: values['max-instances'],
+    idleTimeoutS: values['idle-timeout'],
+    healthIntervalMs: values['health-interval'],
+    unhealthyAfter: values['unhealthy-after'],
+    healthyAfter: values['healthy-after'],
+    startTimeoutMs: values['start-timeout']
   }
 
   if (values['data-dir'] === '') throw new UsageError('invalid --data-dir \'\': expected a directory')
   const data = await openDataDir(values['data-dir'] ?? defaultDataDir())
-  const base = await startMeshBase({ name: 'hyphae-allocator', options: values, datastore: data.datastore, defaultKeyFile: data.keyFile })
+  const base = await startMeshBase({ name: 'hyphae-allocator', options: parsed.values, datastore: data.datastore, defaultKeyFile: data.keyFile })
     .catch(async (err: unknown) => { await data.datastore.close().catch(() => {}); throw err })
   const { node } = base
   const log = base.log.child({ component: 'allocator' })
@@ -91,7 +79,7 @@ runDaemon('hyphae-allocator', async () => {
   let allocator: Allocator | undefined
   let metrics: MetricsServer | undefined
   try {
-    const runtime = await chooseRuntime(runtimeKind as 'auto' | 'docker' | 'process', base.log.child({ component: 'runtime' }), { runAs: values['run-as'] })
+    const runtime = await chooseRuntime(runtimeKind, base.log.child({ component: 'runtime' }), { runAs: values['run-as'] })
     const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
     const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
     const sidecars = sidecarKind === 'process'

@@ -52,7 +52,8 @@ export interface SupervisorInit {
   now?: () => number
 }
 
-const DEFAULTS = {
+/** Each instance's health checks, relaunches and culling, unless the allocator says otherwise. */
+export const SUPERVISOR_DEFAULTS = {
   healthIntervalMs: 1000,
   unhealthyAfter: 3,
   healthyAfter: 2,
@@ -92,18 +93,18 @@ export class InstanceSupervisor {
   constructor (private readonly init: SupervisorInit) {
     this.log = init.log.child({ service: init.spec.record.name, instance: init.spec.instanceId, port: init.spec.hostPort })
     const cfg = this.cfg = {
-      healthIntervalMs: init.healthIntervalMs ?? DEFAULTS.healthIntervalMs,
-      unhealthyAfter: init.unhealthyAfter ?? DEFAULTS.unhealthyAfter,
-      healthyAfter: init.healthyAfter ?? DEFAULTS.healthyAfter,
-      idleTimeoutS: init.idleTimeoutS ?? DEFAULTS.idleTimeoutS,
-      startTimeoutMs: init.startTimeoutMs ?? DEFAULTS.startTimeoutMs,
-      stopGraceMs: init.stopGraceMs ?? DEFAULTS.stopGraceMs,
-      healthTimeoutMs: init.healthTimeoutMs ?? DEFAULTS.healthTimeoutMs,
-      startPollMs: init.startPollMs ?? DEFAULTS.startPollMs,
+      healthIntervalMs: init.healthIntervalMs ?? SUPERVISOR_DEFAULTS.healthIntervalMs,
+      unhealthyAfter: init.unhealthyAfter ?? SUPERVISOR_DEFAULTS.unhealthyAfter,
+      healthyAfter: init.healthyAfter ?? SUPERVISOR_DEFAULTS.healthyAfter,
+      idleTimeoutS: init.idleTimeoutS ?? SUPERVISOR_DEFAULTS.idleTimeoutS,
+      startTimeoutMs: init.startTimeoutMs ?? SUPERVISOR_DEFAULTS.startTimeoutMs,
+      stopGraceMs: init.stopGraceMs ?? SUPERVISOR_DEFAULTS.stopGraceMs,
+      healthTimeoutMs: init.healthTimeoutMs ?? SUPERVISOR_DEFAULTS.healthTimeoutMs,
+      startPollMs: init.startPollMs ?? SUPERVISOR_DEFAULTS.startPollMs,
       maxFailedRelaunches: init.maxFailedRelaunches ?? Infinity,
       startAttempts: init.startAttempts ?? 3,
       now: init.now ?? Date.now,
-      backoff: { ...DEFAULTS.backoff, ...init.backoff }
+      backoff: { ...SUPERVISOR_DEFAULTS.backoff, ...init.backoff }
     }
     this.app = new AppSlot({ ...cfg, runtime: init.runtime, spec: init.spec, log: this.log, signal: this.lifetime.signal })
     this.health = new HealthVerdict({ ...cfg, healthPath: init.spec.record.health })

@@ -5,8 +5,11 @@ import { MeshError } from '../errors.js'
 import { TokenBucket } from '../token-bucket.js'
 import type { Logger } from '../log.js'
 import type { MeshNode } from '../node.js'
+import { DhtRecords, sameBytes } from './dht-records.js'
+import { RecordCache, type CacheEntry } from './record-cache.js'
 import { SERVICE_NAME, type ServiceRecord, type ServiceRecordInput } from './record.js'
-import { registryKey, registryKeyString, signRecord, verifySignedRecord, type VerifiedRecord } from './signed-record.js'
+import { Republisher } from './republisher.js'
+import { registryKeyString, signRecord, verifySignedRecord, type VerifiedRecord } from './signed-record.js'
 
 /** Where a resolved record came from: the operator's config, or the DHT (and who signed it). */
 export type RecordOrigin = { source: 'static' } | { source: 'dht', signer: string }
@@ -71,15 +74,6 @@ export class RegistryConflictError extends Error {
   override name = 'RegistryConflictError'
 }
 
-interface SignedValue extends VerifiedRecord {
-  value: Uint8Array
-}
-
-interface CacheEntry {
-  resolved: ResolvedRecord | undefined
-  expiresAt: number
-}
-
 /**
  * Resolves service names to registry records: the static records of the config file first
  * (the operator's word is final), else the DHT (validated, highest seq). Keeps the signed
@@ -87,46 +81,46 @@ interface CacheEntry {
  * once when a lookup finds the DHT has lost one (a restarted DHT node).
  */
 export class Registry implements OriginRecordSource {
-  private readonly node: MeshNode
   private readonly staticRecords: Map<string, ServiceRecord>
   private readonly allowedSigners: readonly string[]
   private readonly log: Logger
   private readonly ttlMs: number
   private readonly negativeTtlMs: number
   private readonly lookupTimeoutMs: number
-  private readonly republishMs: number
-  private readonly usedWindowMs: number
-  private readonly maxCacheEntries: number
   private readonly maxConcurrentLookups: number
   private readonly lookupBudget: TokenBucket
   private readonly clock: () => number
+  private readonly dht: DhtRecords
+  private readonly cache: RecordCache<ResolvedRecord>
+  private readonly republisher: Republisher
 
-  private readonly cache = new Map<string, CacheEntry>()
-  /** The best signed value seen per name: what we serve when a lookup fails, and what we re-put. */
-  private readonly known = new Map<string, SignedValue>()
-  private readonly lastUsed = new Map<string, number>()
-  /** When each name's lost value was last put back, so a DHT that keeps losing it is not hammered. */
-  private readonly restoredAt = new Map<string, number>()
-  private readonly inflight = new Map<string, Promise<CacheEntry>>()
+  private readonly inflight = new Map<string, Promise<CacheEntry<ResolvedRecord>>>()
   private controller?: AbortController
-  private timer?: NodeJS.Timeout
-  private republishing?: Promise<number>
 
   constructor (init: RegistryInit) {
-    this.node = init.node
     this.staticRecords = init.staticRecords
     this.allowedSigners = [...init.allowedSigners]
     this.log = init.log
     this.ttlMs = init.ttlMs ?? DEFAULT_REGISTRY_TTL_MS
     this.negativeTtlMs = init.negativeTtlMs ?? 2_000
     this.lookupTimeoutMs = init.lookupTimeoutMs ?? 2_000
-    this.republishMs = init.republishMs ?? 10 * 60_000
-    this.usedWindowMs = init.usedWindowMs ?? 60 * 60_000
-    this.maxCacheEntries = init.maxCacheEntries ?? 10_000
     this.maxConcurrentLookups = init.maxConcurrentLookups ?? 256
     this.clock = init.clock ?? Date.now
     const rate = init.lookupRate ?? { perSecond: 100, burst: 200 }
     this.lookupBudget = new TokenBucket(rate.burst, rate.perSecond, this.clock)
+    const maxCacheEntries = init.maxCacheEntries ?? 10_000
+    this.dht = new DhtRecords(init.node, this.allowedSigners, this.log)
+    this.cache = new RecordCache(maxCacheEntries, this.clock)
+    this.republisher = new Republisher({
+      dht: this.dht,
+      log: this.log,
+      clock: this.clock,
+      republishMs: init.republishMs ?? 10 * 60_000,
+      usedWindowMs: init.usedWindowMs ?? 60 * 60_000,
+      lookupTimeoutMs: this.lookupTimeoutMs,
+      maxEntries: maxCacheEntries,
+      onRefreshed: (name, best) => { this.cache.set(name, { resolved: dhtResolved(best), expiresAt: this.clock() + this.ttlMs }) }
+    })
   }
 
   start (): void {
@@ -137,20 +131,15 @@ export class Registry implements OriginRecordSource {
     if (this.allowedSigners.length === 0) {
       this.log.warn('RegistryKeys is empty: DHT records signed by any key are used for routing, and allocators run only the static Services of their config')
     }
-    this.schedule()
+    this.republisher.start(this.controller.signal)
   }
 
   async stop (): Promise<void> {
     if (this.controller == null) return
     this.controller.abort(new Error('registry stopped'))
     this.controller = undefined
-    clearTimeout(this.timer)
-    this.timer = undefined
-    await this.republishing?.catch(() => {})
+    await this.republisher.stop()
     this.cache.clear()
-    this.known.clear()
-    this.lastUsed.clear()
-    this.restoredAt.clear()
   }
 
   /** The record for NAME, or undefined when neither the config file nor the DHT has one. */
@@ -165,9 +154,8 @@ export class Registry implements OriginRecordSource {
     const pinned = this.staticRecords.get(name)
     if (pinned != null) return { record: pinned, origin: { source: 'static' } }
     const now = this.clock()
-    // Only names with a record count as used: an unknown name a client made up must leave
-    // nothing behind but a bounded cache entry.
-    if (this.known.has(name)) this.lastUsed.set(name, now)
+    // Kept alive in the DHT while in use; a made-up name leaves only a bounded cache entry.
+    this.republisher.used(name, now)
     const hit = this.cache.get(name)
     if (hit != null && hit.expiresAt > now) return hit.resolved
     const lookup = this.refresh(name)
@@ -178,12 +166,12 @@ export class Registry implements OriginRecordSource {
       return hit.resolved
     }
     const entry = await raceSignal(lookup, options.signal)
-    if (entry.resolved != null) this.lastUsed.set(name, this.clock())
+    if (entry.resolved != null) this.republisher.used(name, this.clock())
     return entry.resolved
   }
 
   /** One lookup of NAME at a time, shared by every caller. */
-  private async refresh (name: string): Promise<CacheEntry> {
+  private async refresh (name: string): Promise<CacheEntry<ResolvedRecord>> {
     let lookup = this.inflight.get(name)
     if (lookup == null) {
       if (this.inflight.size >= this.maxConcurrentLookups || !this.lookupBudget.tryTake()) {
@@ -208,54 +196,27 @@ export class Registry implements OriginRecordSource {
     const name = verified.record.name
 
     const check = deadline(this.lookupTimeoutMs, stopSignal, options.signal)
-    const current = await this.fetch(name, check.signal).finally(check.clear)
+    const current = await this.dht.fetch(name, check.signal).finally(check.clear)
     if (current != null && current.record.seq >= verified.record.seq && !sameBytes(current.value, value)) {
       throw new RegistryConflictError(`the DHT already holds seq=${current.record.seq} for '${name}'; publish with a higher seq`)
     }
 
     const putting = deadline(undefined, stopSignal, options.signal)
-    const storedOn = await this.put(name, value, putting.signal).finally(putting.clear)
+    const storedOn = await this.dht.put(name, value, putting.signal).finally(putting.clear)
     const now = this.clock()
-    this.remember(name, { ...verified, value })
-    this.lastUsed.set(name, now)
-    this.setCache(name, { resolved: dhtResolved(verified), expiresAt: now + this.ttlMs })
+    this.republisher.remember(name, { ...verified, value })
+    this.republisher.used(name, now)
+    this.cache.set(name, { resolved: dhtResolved(verified), expiresAt: now + this.ttlMs })
     this.log.debug({ key, seq: verified.record.seq, storedOn }, 'published registry record')
     return { key, record: verified.record, signer: verified.signer, storedOn }
   }
 
   /**
-   * Puts again, unchanged, the signed values of names resolved within the used window, after
-   * checking the DHT for a newer one (re-putting an old value would roll storers back).
-   * Returns how many names were republished. Runs on a timer; public for tests.
+   * Puts again, unchanged, the values of the names used lately (see Republisher); returns how
+   * many. Runs on a timer; public for tests.
    */
   async republishUsed (): Promise<number> {
-    const stopSignal = this.running()
-    const now = this.clock()
-    let count = 0
-    for (const [name, at] of [...this.lastUsed]) {
-      if (now - at > this.usedWindowMs) {
-        this.lastUsed.delete(name)
-        this.known.delete(name)
-        continue
-      }
-      if (!this.known.has(name)) continue
-      try {
-        const check = deadline(this.lookupTimeoutMs, stopSignal)
-        const latest = await this.fetch(name, check.signal).finally(check.clear)
-        if (latest != null) this.remember(name, latest)
-        const best = this.known.get(name)
-        if (best == null) continue
-        if (latest != null) this.setCache(name, { resolved: dhtResolved(best), expiresAt: this.clock() + this.ttlMs })
-        const putting = deadline(30_000, stopSignal)
-        const storedOn = await this.put(name, best.value, putting.signal).finally(putting.clear)
-        this.log.debug({ name, seq: best.record.seq, storedOn }, 'republished registry record')
-        count++
-      } catch (err) {
-        if (stopSignal.aborted) break
-        this.log.debug({ name, err }, 'republishing a registry record failed')
-      }
-    }
-    return count
+    return await this.republisher.republishUsed(this.running())
   }
 
   private running (): AbortSignal {
@@ -263,137 +224,23 @@ export class Registry implements OriginRecordSource {
     return this.controller.signal
   }
 
-  private schedule (): void {
-    // Jitter, so that nodes started together do not all republish at the same moment.
-    const delay = this.republishMs * (0.9 + Math.random() * 0.2)
-    this.timer = setTimeout(() => {
-      this.republishing = this.republishUsed()
-      void this.republishing
-        .catch(err => this.log.debug({ err }, 'republish round failed'))
-        .finally(() => {
-          this.republishing = undefined
-          if (this.controller != null) this.schedule()
-        })
-    }, delay)
-    // Never the reason a process stays alive: the node it serves decides that.
-    this.timer.unref()
-  }
-
-  private async lookup (name: string): Promise<CacheEntry> {
+  private async lookup (name: string): Promise<CacheEntry<ResolvedRecord>> {
     const { signal, clear } = deadline(this.lookupTimeoutMs, this.running())
-    const found = await this.fetch(name, signal).finally(clear)
-    if (found != null) this.remember(name, found)
+    const found = await this.dht.fetch(name, signal).finally(clear)
+    if (found != null) this.republisher.remember(name, found)
     const now = this.clock()
     // A failed lookup keeps serving the last good record: the DHT cannot delete records, so
     // "none found" after we saw one means the lookup fell short or the DHT lost it.
-    const known = this.known.get(name)
-    if (found == null && known != null) this.restore(name, known)
-    const entry: CacheEntry = known != null
+    const known = this.republisher.best(name)
+    if (found == null && known != null) this.republisher.restore(name, known, this.running())
+    const entry: CacheEntry<ResolvedRecord> = known != null
       ? { resolved: dhtResolved(known), expiresAt: now + (found != null ? this.ttlMs : this.negativeTtlMs) }
       : { resolved: undefined, expiresAt: now + this.negativeTtlMs }
-    this.setCache(name, entry)
-    return entry
-  }
-
-  /**
-   * Puts back a value the DHT no longer returns (its only storer restarted empty, say), at
-   * most once per republish interval per name, in the background.
-   */
-  private restore (name: string, known: SignedValue): void {
-    const now = this.clock()
-    const last = this.restoredAt.get(name)
-    if (last != null && now - last < Math.min(this.republishMs, 60_000)) return
-    this.restoredAt.set(name, now)
-    bound(this.restoredAt, this.maxCacheEntries)
-    const stopSignal = this.running()
-    const putting = deadline(30_000, stopSignal)
-    this.put(name, known.value, putting.signal).then(storedOn => {
-      this.log.info({ name, seq: known.record.seq, storedOn }, 'the DHT had lost a registry record in use: put it back')
-    }, err => {
-      if (!stopSignal.aborted) this.log.debug({ name, err }, 'putting back a lost registry record failed')
-    }).finally(putting.clear)
-  }
-
-  /**
-   * The best valid value the DHT returns for NAME, or undefined. Reads kad-dht's events
-   * rather than contentRouting.get: that throws away every answer when the query times out or
-   * when sending a correction to a stale peer fails, while the answers themselves are good.
-   */
-  private async fetch (name: string, signal: AbortSignal): Promise<SignedValue | undefined> {
-    const key = registryKey(name)
-    const candidates: Uint8Array[] = []
-    try {
-      for await (const event of this.node.services.dht.get(key, { signal })) {
-        if (event.name === 'VALUE') {
-          candidates.push(event.value)
-          break
-        }
-        if (event.name === 'PEER_RESPONSE' && event.record != null) candidates.push(event.record.value)
-      }
-    } catch (err) {
-      this.log.debug({ name, err, answers: candidates.length }, 'registry lookup ended early')
-    }
-
-    let best: SignedValue | undefined
-    const seen = new Set<string>()
-    for (const value of candidates) {
-      const id = Buffer.from(value).toString('base64')
-      if (seen.has(id)) continue
-      seen.add(id)
-      try {
-        const verified = await verifySignedRecord(key, value, this.allowedSigners)
-        if (best == null || verified.record.seq > best.record.seq) best = { ...verified, value }
-      } catch (err) {
-        this.log.debug({ name, err }, 'ignored an invalid registry value')
-      }
-    }
-    this.log.debug({ name, seq: best?.record.seq, answers: candidates.length }, 'registry lookup')
-    return best
-  }
-
-  /** Puts VALUE under NAME's key; returns how many peers confirmed storing it. */
-  private async put (name: string, value: Uint8Array, signal: AbortSignal): Promise<number> {
-    const stored = new Set<string>()
-    for await (const event of this.node.services.dht.put(registryKey(name), value, { signal })) {
-      if (event.name === 'PEER_RESPONSE' && event.messageName === 'PUT_VALUE' && event.record != null && sameBytes(event.record.value, value)) {
-        stored.add(event.from.toString())
-      }
-    }
-    return stored.size
-  }
-
-  /** Seq never goes backwards: a stale peer's answer must not replace a newer record. */
-  private remember (name: string, candidate: SignedValue): void {
-    const current = this.known.get(name)
-    if (current == null || candidate.record.seq > current.record.seq) this.known.set(name, candidate)
-    bound(this.known, this.maxCacheEntries)
-    bound(this.lastUsed, this.maxCacheEntries)
-  }
-
-  private setCache (name: string, entry: CacheEntry): void {
-    this.cache.delete(name)
     this.cache.set(name, entry)
-    if (this.cache.size <= this.maxCacheEntries) return
-    const now = this.clock()
-    for (const [n, e] of this.cache) if (e.expiresAt <= now) this.cache.delete(n)
-    // Still full of live entries: drop the oldest.
-    bound(this.cache, this.maxCacheEntries)
+    return entry
   }
 }
 
 function dhtResolved (value: VerifiedRecord): ResolvedRecord {
   return { record: value.record, origin: { source: 'dht', signer: value.signer } }
-}
-
-/** Drops the oldest entries (Map keeps insertion order) beyond `max`. */
-function bound (map: Map<string, unknown>, max: number): void {
-  while (map.size > max) {
-    const oldest = map.keys().next().value
-    if (oldest == null) break
-    map.delete(oldest)
-  }
-}
-
-function sameBytes (a: Uint8Array, b: Uint8Array): boolean {
-  return a.byteLength === b.byteLength && Buffer.compare(a, b) === 0
 }
