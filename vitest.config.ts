@@ -6,7 +6,6 @@ import { defineConfig } from 'vitest/config'
  * starting a dozen daemons skews every RTT and latency they look at.
  */
 const TIMING_SENSITIVE = [
-  'test/e2e/rtt-routing.test.ts',
   'test/e2e/routing-*.test.ts',
   'test/e2e/autoscaling.test.ts',
   'test/e2e/faults.test.ts',

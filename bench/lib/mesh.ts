@@ -5,6 +5,7 @@ import { join } from 'node:path'
 import type { Features } from './context.js'
 import { ALLOCATOR_BIN, PROXY_BIN, REPO_ROOT, TINY_APP } from './paths.js'
 import type { Child, ProcessSet } from './procs.js'
+import { parseListeningLine, parseReadyLine } from './ready.js'
 
 /** What a hyphae daemon prints on its `ready` line (DESIGN.md). */
 export interface DaemonReady {
@@ -47,10 +48,7 @@ export async function startTinyApp (procs: ProcessSet, name = 'tiny-app'): Promi
     command: process.execPath,
     args: [TINY_APP],
     env: { PORT: '0' },
-    ready: line => {
-      const match = /^listening (\d+)$/.exec(line)
-      return match == null ? undefined : Number(match[1])
-    }
+    ready: parseListeningLine
   })
 }
 
@@ -80,7 +78,7 @@ export async function startProxy (procs: ProcessSet, opts: ProxyOptions): Promis
     command: process.execPath,
     args,
     cwd: REPO_ROOT,
-    ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
+    ready: line => parseReadyLine(line) as DaemonReady | undefined
   })
 }
 

@@ -1,6 +1,7 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { connect } from 'node:net'
 import { createInterface } from 'node:readline'
+import { untilReady } from './ready.js'
 
 /**
  * Every process a benchmark starts goes through one ProcessSet, which knows each one by PID
@@ -100,39 +101,22 @@ export class ProcessSet {
     const child = new Child<R>(opts.name, proc, this)
     this.live.add(child as Child<unknown>)
     const timeoutMs = opts.timeoutMs ?? 30_000
+    const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream, crlfDelay: Infinity })
+    lines.on('line', line => { child.appendStdout(line) })
     try {
-      child.ready = await new Promise<R>((resolve, reject) => {
-        let settled = false
-        const settle = (fn: () => void): void => {
-          if (settled) return
-          settled = true
-          clearTimeout(timer)
-          fn()
-        }
-        const timer = setTimeout(() => { settle(() => { reject(new Error(`${opts.name}: not ready within ${timeoutMs} ms`)) }) }, timeoutMs)
-        const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream, crlfDelay: Infinity })
-        lines.on('line', line => {
-          child.appendStdout(line)
-          if (opts.ready == null) return
-          try {
-            const value = opts.ready(line)
-            if (value !== undefined) settle(() => { resolve(value) })
-          } catch (err) {
-            settle(() => { reject(err as Error) })
-          }
+      if (opts.ready != null || opts.readyPort != null) {
+        child.ready = await untilReady({
+          proc,
+          lines,
+          exited: child.exited,
+          isReady: opts.ready ?? (() => undefined),
+          alsoReady: opts.readyPort != null ? waitForPort(opts.readyPort, timeoutMs).then(() => undefined as R) : undefined,
+          timeoutMs
         })
-        void child.exited.then(code => {
-          settle(() => { reject(new Error(`${opts.name}: exited (code ${String(code)}, signal ${String(proc.signalCode)}) before it was ready`)) })
-        })
-        if (opts.readyPort != null) {
-          void waitForPort(opts.readyPort, timeoutMs).then(() => { settle(() => { resolve(undefined as R) }) }, () => {})
-        } else if (opts.ready == null) {
-          settle(() => { resolve(undefined as R) })
-        }
-      })
+      }
     } catch (err) {
       await child.stop('SIGKILL', 1000)
-      throw new Error(`${(err as Error).message}\n${child.describe()}`, { cause: err })
+      throw new Error(`${opts.name}: ${(err as Error).message}\n${child.describe()}`, { cause: err })
     }
     return child
   }

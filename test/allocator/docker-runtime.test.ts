@@ -9,8 +9,9 @@ import { freeLocalPort, type InstanceSpec, type RuntimeInstance } from '../../al
 import { InstanceSupervisor, type SupervisorEvent } from '../../allocator/supervisor.js'
 import { parseRecord, type ServiceRecordInput } from '../../shared/registry/record.js'
 import { dockerAvailable, ensureTestImage } from '../helpers/docker-image.js'
+import { waitFor } from '../helpers/wait-for.js'
 import { FakeSidecar } from './fake-sidecar.js'
-import { httpCall, statusOf, testLogger, waitFor } from './util.js'
+import { httpCall, statusOf, testLogger } from './util.js'
 
 /**
  * Capabilities, no_new_privs and uid of a container's main process, from /proc on this host;

@@ -5,11 +5,13 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { AllocationError } from '../../shared/protocols/alloc-errors.js'
-import { groupAlive, ProcessRuntime } from '../../allocator/process-runtime.js'
+import { groupAlive } from '../../allocator/proc.js'
+import { ProcessRuntime } from '../../allocator/process-runtime.js'
 import { freeLocalPort, type InstanceSpec, type RuntimeInstance } from '../../allocator/runtime.js'
 import { parseRecord, type ServiceRecordInput } from '../../shared/registry/record.js'
 import { HELLO_SCRIPT } from '../helpers/mesh.js'
-import { appScratchDir, groupMembers, httpCall, running, statusOf, testLogger, waitFor } from './util.js'
+import { waitFor } from '../helpers/wait-for.js'
+import { appScratchDir, groupMembers, httpCall, running, statusOf, testLogger } from './util.js'
 
 const asRoot = process.getuid?.() === 0
 
@@ -139,7 +141,7 @@ describe('process runtime', () => {
     const spec = await specFor('sleep 1000 & exec sleep 1000')
     const instance = await start(spec)
     const pgid = Number(instance.id)
-    await waitFor(async () => (await groupMembers(pgid)).length >= 2 ? true : undefined, 'the app and its child')
+    await waitFor(async () => (await groupMembers(pgid)).length >= 2, 'the app and its child')
     const workDir = join(workRoot, spec.instanceId)
     expect(existsSync(workDir)).toBe(true)
     // A new run (the old one was SIGKILLed) knows nothing of it; another allocator's mark is left alone.
@@ -147,7 +149,7 @@ describe('process runtime', () => {
     expect(await nextRun.removeOrphans('another-allocator')).toBe(0)
     expect(groupAlive(pgid)).toBe(true)
     expect(await nextRun.removeOrphans(spec.allocatorPeerId)).toBe(1)
-    await waitFor(() => groupAlive(pgid) ? undefined : true, 'the orphaned group gone')
+    await waitFor(() => !groupAlive(pgid), 'the orphaned group gone')
     // Its working directory went with it.
     expect(existsSync(workDir)).toBe(false)
     // The run that started it does not count its own instances as orphans.

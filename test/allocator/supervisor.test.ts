@@ -8,8 +8,9 @@ import { freeLocalPort, type InstanceSpec, type Runtime, type RuntimeInstance } 
 import { backoffDelay, InstanceSupervisor, type SupervisorEvent, type SupervisorInit } from '../../allocator/supervisor.js'
 import { parseRecord, type ServiceRecordInput } from '../../shared/registry/record.js'
 import { HELLO_SCRIPT } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 import { FakeSidecar } from './fake-sidecar.js'
-import { appScratchDir, httpCall, running, statusOf, testLogger, waitFor } from './util.js'
+import { appScratchDir, httpCall, running, statusOf, testLogger } from './util.js'
 
 /** The process runtime, remembering what it started so tests can check the processes. */
 class RecordingRuntime implements Runtime {

@@ -3,22 +3,12 @@ import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { pino, type Logger } from 'pino'
-import { readProcStat, resolveAppUser } from '../../allocator/process-runtime.js'
+import { resolveAppUser } from '../../allocator/app-user.js'
+import { readProcStat } from '../../allocator/proc.js'
 
 /** Silent unless HYPHAE_TEST_LOG names a level: the allocator's logs help when a test fails. */
 export function testLogger (): Logger {
   return pino({ level: process.env.HYPHAE_TEST_LOG ?? 'silent' }, pino.destination({ fd: 2, sync: true }))
-}
-
-/** Polls until `check` returns a value other than undefined/false, or fails after the deadline. */
-export async function waitFor<T> (check: () => T | undefined | false | Promise<T | undefined | false>, what: string, timeoutMs = 10_000, everyMs = 25): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined && value !== false) return value
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`)
-    await new Promise(resolve => setTimeout(resolve, everyMs))
-  }
 }
 
 export interface Reply { status: number, body: string }

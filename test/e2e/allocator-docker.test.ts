@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { dockerAvailable, ensureTestImage } from '../helpers/docker-image.js'
 import { http } from '../helpers/http.js'
-import { eventually, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const engine = await dockerAvailable()
 // Under CI a missing engine must fail the run, never skip it quietly.
@@ -65,13 +66,13 @@ describe.skipIf(skip)(`allocator (docker runtime)${skip ? ` (skipped: ${engine.r
 
   it('relaunches a crashed container and serves again', async () => {
     expect((await http(`${base}/dhello/api/v1/_crash`, { method: 'POST' })).status).toBe(200)
-    await eventually(async () => (await http(`${base}/dhello/`)).status === 200 ? true : undefined, 30_000, 'the relaunched container serving')
+    await waitFor(async () => (await http(`${base}/dhello/`)).status === 200, 'the relaunched container serving', 30_000)
     const metrics = (await http(`${allocator.ready.http as string}/metrics`)).body.toString()
     expect(metricValue(metrics, 'hyphae_allocator_relaunches_total', { service: 'dhello' })).toBeGreaterThanOrEqual(1)
   })
 
   it('culls an idle container and removes it', async () => {
-    await eventually(async () => (await containers(allocator.ready.peerId)).length === 0 ? true : undefined, 30_000, 'the idle container removed')
+    await waitFor(async () => (await containers(allocator.ready.peerId)).length === 0, 'the idle container removed', 30_000)
   })
 
   it('removes the containers a SIGKILLed run left behind when it restarts', async () => {
@@ -83,7 +84,7 @@ describe.skipIf(skip)(`allocator (docker runtime)${skip ? ` (skipped: ${engine.r
     expect(await containers(peerId)).toHaveLength(1)
     allocator = await startDaemon('hyphae-allocator', allocatorArgs())
     expect(allocator.ready.peerId).toBe(peerId)
-    await eventually(async () => (await containers(peerId)).length === 0 ? true : undefined, 20_000, 'orphans removed')
+    await waitFor(async () => (await containers(peerId)).length === 0, 'orphans removed', 20_000)
   })
 })
 

@@ -3,7 +3,8 @@ import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
-import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, descendantsOf, isAlive, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 /**
  * `--sidecar process`: each instance's server proxy is a `hyphae-proxy` process of its own.
@@ -47,11 +48,11 @@ describe('allocator with process sidecars', () => {
     try {
       const peerId = allocator.ready.peerId
       await allocator.stop('SIGKILL')
-      await eventually(() => sidecars.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'the sidecar gone after its allocator')
+      await waitFor(() => sidecars.every(pid => !isAlive(pid)), 'the sidecar gone after its allocator', 15_000)
       expect(apps.some(isAlive)).toBe(true)
       allocator = await startDaemon('hyphae-allocator', allocatorArgs())
       expect(allocator.ready.peerId).toBe(peerId)
-      await eventually(() => apps.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'the orphaned app removed by the next run')
+      await waitFor(() => apps.every(pid => !isAlive(pid)), 'the orphaned app removed by the next run', 15_000)
     } finally {
       for (const pid of [...sidecars, ...apps].filter(isAlive)) process.kill(pid, 'SIGKILL')
     }

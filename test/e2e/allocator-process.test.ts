@@ -2,7 +2,8 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { HELLO_SCRIPT, descendantsOf, eventually, isAlive, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, descendantsOf, isAlive, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 import { runCli, startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json } from '../helpers/http.js'
 
@@ -83,15 +84,15 @@ describe('allocator (process runtime)', () => {
     const crash = await http(`${base}/hello/api/v1/_crash`, { method: 'POST' })
     expect(crash.status).toBe(200)
     expect((await http(`${base}/hello/`)).status).toBe(500)
-    await eventually(async () => (await http(`${base}/hello/`)).status === 200 ? true : undefined, 20_000, 'the relaunched instance serving')
+    await waitFor(async () => (await http(`${base}/hello/`)).status === 200, 'the relaunched instance serving', 20_000)
     expect(metricValue(await metrics(), 'hyphae_allocator_relaunches_total', { service: 'hello' })).toBeGreaterThanOrEqual(1)
   })
 
   it('culls instances idle longer than --idle-timeout (scale to zero)', async () => {
-    await eventually(async () => {
+    await waitFor(async () => {
       const list = json<unknown[]>(await http(`${metricsUrl}/instances`))
       return list.length === 0 ? true : undefined
-    }, 20_000, 'every instance culled')
+    }, 'every instance culled', 20_000)
     expect(metricValue(await metrics(), 'hyphae_allocator_culls_total', { service: 'hello' })).toBe(1)
     // The next request starts a fresh instance.
     expect((await http(`${base}/hello/`)).status).toBe(200)
@@ -107,7 +108,7 @@ describe('allocator (process runtime)', () => {
     expect(answer.status).toBe(200)
     expect(answer.body.toString()).toMatch(/^hello from /)
     // Room again under --max-instances for the tests below.
-    await eventually(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0 ? true : undefined, 20_000, 'every instance culled again')
+    await waitFor(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0, 'every instance culled again', 20_000)
   })
 
   it('keeps a static record even when a trusted key publishes another under its name', async () => {
@@ -116,7 +117,7 @@ describe('allocator (process runtime)', () => {
     const answer = await http(`${base}/pinned/`)
     expect(answer.status).toBe(200)
     expect(answer.body.toString()).toMatch(/pinned-by-operator/)
-    await eventually(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0 ? true : undefined, 20_000, 'pinned culled')
+    await waitFor(async () => json<unknown[]>(await http(`${metricsUrl}/instances`)).length === 0, 'pinned culled', 20_000)
   })
 
   it('answers a coded error fast for an app that cannot start, leaving nothing behind', async () => {
@@ -142,6 +143,6 @@ describe('allocator (process runtime)', () => {
     const children = await descendantsOf(allocator.pid)
     expect(children.length).toBeGreaterThan(0)
     expect(await allocator.stop('SIGTERM')).toBe(0)
-    await eventually(() => children.every(pid => !isAlive(pid)) ? true : undefined, 10_000, 'all instance processes gone')
+    await waitFor(() => children.every(pid => !isAlive(pid)), 'all instance processes gone', 10_000)
   })
 })

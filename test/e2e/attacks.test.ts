@@ -11,7 +11,8 @@ import { HTTP_PROTOCOL } from '../../shared/protocols/http.js'
 import type { MeshNode } from '../../shared/node.js'
 import { runCli, startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json } from '../helpers/http.js'
-import { eventually, HELLO_SCRIPT, metricValue, rssOf, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, metricValue, rssOf, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 import { connectMesh, startTestNode } from '../helpers/nodes.js'
 
 /**
@@ -154,11 +155,11 @@ describe('attacks on a default install', () => {
       return { stream, answer }
     }))
     // Over the per-peer cap: turned away at once.
-    const refused = await eventually(async () => {
+    const refused = await waitFor(async () => {
       let n = 0
       for (const s of streams) if ((await Promise.race([s.answer, Promise.resolve(undefined)]))?.includes(' 503 ') === true) n++
       return n >= 150 ? n : undefined
-    }, 10_000, '503s for the uploads over the cap')
+    }, '503s for the uploads over the cap', 10_000)
     // Another client still gets through, quickly.
     const started = Date.now()
     const answer = await http(`${base}/hello/`)

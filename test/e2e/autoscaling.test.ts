@@ -2,7 +2,8 @@ import { setTimeout as delay } from 'node:timers/promises'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json } from '../helpers/http.js'
-import { HELLO_SCRIPT, eventually, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 interface LoadResult {
   sent: number
@@ -95,9 +96,9 @@ describe('autoscaling (process runtime)', () => {
     const load = paced(url, 20, 400, sofar => abandoned || (scaledAt != null && performance.now() - scaledAt > 8000 && sofar.byInstance.size >= 2))
     let peak: number
     try {
-      await eventually(async () => await starts() >= 1 ? true : undefined, 20_000, 'the first instance (cold start)')
+      await waitFor(async () => await starts() >= 1, 'the first instance (cold start)', 20_000)
       timings.push(`first instance started: ${since()}`)
-      await eventually(async () => await starts() >= 2 ? true : undefined, 20_000, 'a second instance started by the autoscaler')
+      await waitFor(async () => await starts() >= 2, 'a second instance started by the autoscaler', 20_000)
       scaledAt = performance.now()
       timings.push(`second instance started: ${since()}`)
       peak = await instances()
@@ -115,10 +116,10 @@ describe('autoscaling (process runtime)', () => {
     expect(result.byInstance.size).toBe(2)
 
     // Both may be culled once idle: what must hold is that the extra one goes.
-    const after = await eventually(async () => {
+    const after = await waitFor(async () => {
       const n = await instances()
       return n <= 1 ? n : undefined
-    }, 20_000, 'the extra instance culled')
+    }, 'the extra instance culled', 20_000)
     timings.push(`instances down to ${after} (from a peak of ${peak}): ${since()}, ${((performance.now() - loadEnded) / 1000).toFixed(1)} s after the load stopped`)
     const metrics = (await http(`${metricsUrl}/metrics`)).body.toString()
     expect(metricValue(metrics, 'hyphae_allocator_culls_total', { service: 'busy' })).toBeGreaterThanOrEqual(1)

@@ -1,7 +1,8 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, json } from '../helpers/http.js'
-import { HELLO_SCRIPT, eventually, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, metricValue, startClientProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 /**
  * A record's minInstances, end to end on one process-runtime allocator: once the service runs,
@@ -45,7 +46,7 @@ describe('minInstances kept warm (process runtime)', () => {
   it('starts a second instance without load, and culls neither while a floorless service is culled', async () => {
     const started = performance.now()
     expect((await http(`${client.ready.http as string}/warm/`)).status).toBe(200)
-    await eventually(async () => await running('warm') >= 2 ? true : undefined, 20_000, 'a second instance of warm')
+    await waitFor(async () => await running('warm') >= 2, 'a second instance of warm', 20_000)
     console.log(`minInstances 2: second instance running ${((performance.now() - started) / 1000).toFixed(1)} s after the first request`)
     const asked = allocator.stderr.split('\n').filter(line => line.includes('"msg":"scale-up requested"'))
     expect(asked.length).toBeGreaterThanOrEqual(1)
@@ -54,7 +55,7 @@ describe('minInstances kept warm (process runtime)', () => {
     // The floorless service idles from later than warm does: once it is culled, warm has
     // been idle past the timeout at least as long.
     expect((await http(`${client.ready.http as string}/plain/`)).status).toBe(200)
-    await eventually(async () => await metric('hyphae_allocator_culls_total', 'plain') >= 1 ? true : undefined, 20_000, 'the idle floorless instance culled')
+    await waitFor(async () => await metric('hyphae_allocator_culls_total', 'plain') >= 1, 'the idle floorless instance culled', 20_000)
     expect(await running('warm')).toBe(2)
     expect(await metric('hyphae_allocator_culls_total', 'warm')).toBe(0)
     // Exactly the floor: no third instance was asked for.

@@ -2,7 +2,8 @@ import { request } from 'node:http'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http, startLoad } from '../helpers/http.js'
-import { eventually, metricValue, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
+import { metricValue, startClientProxy, startHelloApp, startServerProxy, writeTestConfig, type App, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 interface Instance {
   name: string
@@ -33,12 +34,12 @@ describe('balancing and failover', () => {
     client = await startClientProxy(config, bootstrap, ['--metrics', '0'])
     base = client.ready.http as string
     // Until the client has found all three, the spread would be skewed.
-    await eventually(async () => {
+    await waitFor(async () => {
       const peers = JSON.parse((await http(`http://127.0.0.1:${client.ready.metrics as number}/peers`)).body.toString()) as Array<{ peers: unknown[] }>
       if (peers[0]?.peers.length === 3) return true
       await http(`${base}/hello/`)
       return undefined
-    }, 15_000, 'the client knowing all three instances')
+    }, 'the client knowing all three instances', 15_000)
   })
 
   afterAll(async () => {
@@ -58,7 +59,7 @@ describe('balancing and failover', () => {
 
   it('loses no GET when an instance is SIGKILLed under load', async () => {
     const load = startLoad(`${base}/hello/`, { concurrency: 4, total: 2000 })
-    await eventually(() => load.result.sent >= 300 ? true : undefined, 20_000, '300 requests sent')
+    await waitFor(() => load.result.sent >= 300, '300 requests sent', 20_000)
     const victim = instances.find(i => i.name === 'a') as Instance
     await victim.proxy.stop('SIGKILL')
     await victim.app.stop('SIGKILL')
@@ -80,13 +81,13 @@ describe('balancing and failover', () => {
       req.on('error', reject)
       req.write('partial body')
     })
-    const busy = await eventually(async () => {
+    const busy = await waitFor(async () => {
       for (const instance of instances.filter(i => i.name !== 'a')) {
         const text = (await http(`http://127.0.0.1:${instance.proxy.ready.metrics as number}/metrics`)).body.toString()
         if (metricValue(text, 'hyphae_instance_requests_in_flight') > 0) return instance
       }
       return undefined
-    }, 10_000, 'the POST reaching an instance')
+    }, 'the POST reaching an instance', 10_000)
     const killedAt = performance.now()
     await busy.proxy.stop('SIGKILL')
     await busy.app.stop('SIGKILL')

@@ -2,7 +2,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startDaemon, stopAllDaemons, type Daemon } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
 import type { LatencyRelay } from '../helpers/latency-relay.js'
-import { HELLO_SCRIPT, eventually, startClientProxy, startDelayedInstance, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { HELLO_SCRIPT, startClientProxy, startDelayedInstance, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 /** The soft RTT at work: an instance over it is used while a nearer one is started. */
 describe('a nearer instance when the best is over the soft RTT', () => {
@@ -31,11 +32,11 @@ describe('a nearer instance when the best is over the soft RTT', () => {
     expect(first.status).toBe(200)
     expect(first.body.toString()).toBe('hello from far\n')
     const started = performance.now()
-    const near = await eventually(async () => {
+    const near = await waitFor(async () => {
       const answer = await http(`${base}/hello/`)
       expect(answer.status).toBe(200)
       return answer.body.toString() !== 'hello from far\n' ? answer.body.toString() : undefined
-    }, 20_000, 'a request served by a nearer instance')
+    }, 'a request served by a nearer instance', 20_000)
     console.log(`a nearer instance took the traffic ${(performance.now() - started).toFixed(0)} ms after the first request (${near.trim()})`)
     for (let i = 0; i < 20; i++) expect((await http(`${base}/hello/`)).body.toString()).toBe(near)
     const instances = JSON.parse((await http(`${allocator.ready.http as string}/instances`)).body.toString()) as unknown[]

@@ -5,7 +5,8 @@ import { delimiter, join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
 import { binPath, runCli, startProcess, stopAllDaemons } from '../helpers/daemon.js'
 import { http } from '../helpers/http.js'
-import { descendantsOf, eventually, freePort, isAlive } from '../helpers/mesh.js'
+import { descendantsOf, freePort, isAlive } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 /** npm's npx script (`npx` on the PATH, links followed), to run with this node. */
 function npxScript (): string {
@@ -52,7 +53,7 @@ describe('hyphae up', () => {
     const processes = await descendantsOf(up.pid)
     expect(processes.length).toBeGreaterThanOrEqual(3)
     expect(await up.stop('SIGINT')).toBe(0)
-    await eventually(() => processes.every(pid => !isAlive(pid)) ? true : undefined, 10_000, 'every process of the mesh gone')
+    await waitFor(() => processes.every(pid => !isAlive(pid)), 'every process of the mesh gone', 10_000)
   })
 
   it('leaves nothing running when it is SIGKILLed', async () => {
@@ -67,7 +68,7 @@ describe('hyphae up', () => {
     expect(processes.length).toBeGreaterThanOrEqual(3)
     try {
       await up.stop('SIGKILL')
-      await eventually(() => processes.every(pid => !isAlive(pid)) ? true : undefined, 15_000, 'every process of the mesh gone')
+      await waitFor(() => processes.every(pid => !isAlive(pid)), 'every process of the mesh gone', 15_000)
     } finally {
       for (const pid of processes.filter(isAlive)) process.kill(pid, 'SIGKILL')
     }
@@ -141,12 +142,12 @@ describe('hyphae up', () => {
       expect((await processesMarked(marks)).length).toBeGreaterThanOrEqual(3)
 
       signal(npx.pid)
-      await eventually(() => npx.proc.exitCode !== null || npx.proc.signalCode !== null ? true : undefined, 10_000, 'npx exited')
+      await waitFor(() => npx.proc.exitCode !== null || npx.proc.signalCode !== null, 'npx exited', 10_000)
       const left = async (): Promise<number[]> => [...new Set([
         ...(await Promise.all(processes.map(async pid => await running(pid) ? pid : undefined))).filter(pid => pid != null),
         ...await processesMarked(marks)
       ])]
-      await eventually(async () => (await left()).length === 0 ? true : undefined, 15_000, 'every process of the mesh gone')
+      await waitFor(async () => (await left()).length === 0, 'every process of the mesh gone', 15_000)
       // Stopped by `hyphae up` itself, not only by the daemons noticing their parent died.
       expect(existsSync(configDir as string)).toBe(false)
     } finally {

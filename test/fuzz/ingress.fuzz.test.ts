@@ -1,7 +1,8 @@
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { stopAllDaemons, type Daemon } from '../helpers/daemon.js'
-import { eventually, rssOf, startClientProxy, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { rssOf, startClientProxy, startServerProxy, writeTestConfig, type TestConfig } from '../helpers/mesh.js'
+import { waitFor } from '../helpers/wait-for.js'
 import { appEchoProblem, describeAnswer, exchange, latin1, NORMAL_ANSWER, normalRequest, pathArb, rawRequestArb, startFuzzApp, tcpDialer, type Answer, type FuzzApp, type RawRequest } from './http.js'
 import { describeReport, fail, FUZZ_RUNS, fuzzTimeoutMs, HANG_MS, hang, ok, runSurface, type Outcome } from './runs.js'
 
@@ -82,10 +83,10 @@ describe('fuzz: client proxy HTTP ingress (raw TCP)', () => {
     client = await startClientProxy(config, undefined, ['--log-level', 'error', '--response-timeout', '3000', '--cold-start-timeout', '3000'])
     server = await startServerProxy(config, client, APP, app.port, ['--log-level', 'error'])
     port = Number(new URL(client.ready.http as string).port)
-    await eventually(async () => {
+    await waitFor(async () => {
       const answer = await normalAnswer(`/${APP}/ready`)
       return answer.kind === 'answered' && answer.status === 200 ? true : undefined
-    }, 20_000, 'the client proxy routing to the fuzz app')
+    }, 'the client proxy routing to the fuzz app', 20_000)
   })
 
   afterAll(async () => {

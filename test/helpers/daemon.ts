@@ -5,18 +5,14 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { parseReadyLine, untilReady, type ReadyLine } from '../../bench/lib/ready.js'
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 
 export type BinName = 'hyphae-proxy' | 'hyphae-allocator' | 'hyphae'
 
-/** What every daemon prints on its `ready` line (DESIGN.md); daemons may add more fields. */
-export interface DaemonReady {
-  peerId: string
-  multiaddrs: string[]
-  http: unknown
-  [field: string]: unknown
-}
+/** What every daemon prints on its `ready` line (DESIGN.md): peerId, multiaddrs, http and more fields. */
+export type DaemonReady = ReadyLine
 
 export interface SpawnOptions {
   /** Added to (and overriding) the test process's environment. */
@@ -107,14 +103,7 @@ export async function startDaemon (bin: BinName, givenArgs: string[], opts: Spaw
   return await startProcess(binPath(bin), args, {
     ...opts,
     afterExit: cleanup,
-    isReady: line => {
-      if (!line.startsWith('ready ')) return undefined
-      const ready = JSON.parse(line.slice('ready '.length)) as DaemonReady
-      if (typeof ready.peerId !== 'string' || !Array.isArray(ready.multiaddrs)) {
-        throw new Error(`ready line lacks peerId or multiaddrs: ${line}`)
-      }
-      return ready
-    }
+    isReady: parseReadyLine
   })
 }
 
@@ -138,8 +127,6 @@ export async function startProcess<R> (script: string, args: string[], opts: Sta
   const stdoutLines: string[] = []
   const lineWaiters = new Set<(line: string) => void>()
   let stderr = ''
-  let spawnError: Error | undefined
-  proc.once('error', err => { spawnError = err })
   const exited = exitOf(proc)
 
   proc.stderr?.setEncoding('utf8')
@@ -204,33 +191,13 @@ export async function startProcess<R> (script: string, args: string[], opts: Sta
   track(started as StartedProcess<unknown>)
 
   try {
-    started.ready = await new Promise<R>((resolve, reject) => {
-      const timer = setTimeout(() => { done(); reject(failure(`not ready within ${timeoutMs} ms`)) }, timeoutMs)
-      const check = (line: string): void => {
-        try {
-          const ready = opts.isReady(line)
-          if (ready !== undefined) { done(); resolve(ready) }
-        } catch (err) {
-          done()
-          reject(failure(`bad readiness line: ${err instanceof Error ? err.message : String(err)}`))
-        }
-      }
-      let settled = false
-      const done = (): void => { settled = true; clearTimeout(timer); lineWaiters.delete(check) }
-      lineWaiters.add(check)
-      void exited.then(code => {
-        if (settled) return
-        done()
-        const why = spawnError !== undefined ? spawnError.message : `exited (code ${String(code)}, signal ${String(proc.signalCode)})`
-        reject(failure(`${why} before it was ready`))
-      })
-    })
+    started.ready = await untilReady({ proc, lines, exited, isReady: opts.isReady, timeoutMs })
   } catch (err) {
     killGroup(proc)
     await exited
     untrack(started as StartedProcess<unknown>)
     await opts.afterExit?.()
-    throw err
+    throw failure((err as Error).message)
   }
   return started
 }

@@ -2,6 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
+import { parseListeningLine } from '../../bench/lib/ready.js'
 import { REPO_ROOT, startDaemon, startProcess, type Daemon, type StartedProcess } from './daemon.js'
 import { LatencyRelay } from './latency-relay.js'
 
@@ -32,10 +33,7 @@ export type App = StartedProcess<number> & { port: number }
 export async function startHelloApp (instance?: string): Promise<App> {
   const app = await startProcess(HELLO_SCRIPT, [], {
     env: { PORT: '0', ...(instance != null ? { INSTANCE: instance } : {}) },
-    isReady: line => {
-      const match = /^listening (\d+)$/.exec(line)
-      return match == null ? undefined : Number(match[1])
-    }
+    isReady: parseListeningLine
   })
   return Object.assign(app, { port: app.ready })
 }
@@ -121,17 +119,6 @@ export function isAlive (pid: number): boolean {
     return true
   } catch {
     return false
-  }
-}
-
-/** Polls `check` until it returns a value that is not undefined, or throws after `timeoutMs`. */
-export async function eventually<T> (check: () => Promise<T | undefined> | T | undefined, timeoutMs = 15_000, what = 'condition'): Promise<T> {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    const value = await check()
-    if (value !== undefined) return value
-    if (Date.now() > deadline) throw new Error(`${what} not met within ${timeoutMs} ms`)
-    await new Promise(resolve => setTimeout(resolve, 50))
   }
 }
 
