@@ -10,6 +10,7 @@ import type { MeshConfig } from '../shared/config.js'
 import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
 import { raceSignal } from '../shared/abort.js'
 import { distFile } from '../shared/paths.js'
+import { parseReadyLine, untilReady, type ReadyLine } from '../shared/ready.js'
 import { registryDhtInit } from '../shared/registry/dht-validation.js'
 import type { Logger } from '../shared/log.js'
 import type { Sidecar } from './supervisor.js'
@@ -74,34 +75,15 @@ export class ProcessSidecars {
       clearTimeout(killer)
     }
 
-    const ready = await new Promise<{ peerId: string, multiaddrs: string[], metrics: number }>((resolve, reject) => {
-      const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
-      const timer = setTimeout(() => { fail(new Error(`the proxy for ${service} was not ready within ${init.readyTimeoutMs ?? 20_000} ms`)) }, init.readyTimeoutMs ?? 20_000)
-      const onAbort = (): void => { fail(new Error('aborted')) }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      let settled = false
-      const fail = (err: Error): void => {
-        if (settled) return
-        settled = true
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-        void stop()
-        reject(err)
-      }
-      lines.on('line', line => {
-        if (settled || !line.startsWith('ready ')) return
-        settled = true
-        clearTimeout(timer)
-        signal?.removeEventListener('abort', onAbort)
-        try {
-          resolve(JSON.parse(line.slice(6)) as { peerId: string, multiaddrs: string[], metrics: number })
-        } catch (err) {
-          settled = false
-          fail(err as Error)
-        }
-      })
-      void exited.then(code => { fail(new Error(`the proxy for ${service} exited (code ${String(code)}) before it was ready`)) })
-    })
+    const timeoutMs = init.readyTimeoutMs ?? 20_000
+    const lines = createInterface({ input: child.stdout as NodeJS.ReadableStream })
+    let ready: ReadyLine & { metrics: number }
+    try {
+      ready = await raceSignal(untilReady({ proc: child, lines, exited, isReady: line => parseReadyLine(line) as typeof ready | undefined, timeoutMs }), signal)
+    } catch (err) {
+      void stop()
+      throw new Error(`the proxy for ${service} ${(err as Error).message}`, { cause: err })
+    }
     init.log.debug({ service, peer: ready.peerId, pid: child.pid }, 'sidecar proxy ready')
     return { peerId: ready.peerId, multiaddrs: ready.multiaddrs, idle: async timeoutMs => await fetchIdleSeconds(ready.metrics, timeoutMs), stop, exited }
   }

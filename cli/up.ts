@@ -13,6 +13,7 @@ import { dockerAvailable, ensureExampleImage, EXAMPLE_IMAGE } from './example-im
 import { listenOnLoopback, PortUnavailableError } from '../shared/listen.js'
 import { createKeyFile } from '../shared/identity.js'
 import { distFile } from '../shared/paths.js'
+import { parseReadyLine, untilReady } from '../shared/ready.js'
 
 const ALLOCATOR_MAIN = distFile('allocator/main.js')
 const PROXY_MAIN = distFile('proxy/main.js')
@@ -48,6 +49,9 @@ interface Child {
   exited: Promise<number | null>
 }
 
+/** A daemon that has not said `ready` in this long is stuck (a cold DHT join takes seconds at most). */
+const READY_TIMEOUT_MS = 60_000
+
 /** Spawns a daemon, adds it to `children` at once (so it is stopped whatever happens next), waits for `ready`. */
 async function startChild (name: string, script: string, args: string[], children: Child[]): Promise<Child> {
   // The IPC channel is how a child learns that we died, even by SIGKILL (see runDaemon).
@@ -58,13 +62,12 @@ async function startChild (name: string, script: string, args: string[], childre
   })
   const child: Child = { name, proc, exited, ready: { peerId: '', multiaddrs: [], http: '' } }
   children.push(child)
-  child.ready = await new Promise<Child['ready']>((resolve, reject) => {
-    const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
-    lines.on('line', line => {
-      if (line.startsWith('ready ')) resolve(JSON.parse(line.slice(6)) as Child['ready'])
-    })
-    void exited.then(code => { reject(new Error(`${name} exited (code ${String(code)}) before it was ready`)) })
-  })
+  const lines = createInterface({ input: proc.stdout as NodeJS.ReadableStream })
+  try {
+    child.ready = await untilReady({ proc, lines, exited, isReady: line => parseReadyLine(line) as Child['ready'] | undefined, timeoutMs: READY_TIMEOUT_MS })
+  } catch (err) {
+    throw new Error(`${name} ${(err as Error).message}`, { cause: err })
+  }
   return child
 }
 

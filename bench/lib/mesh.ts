@@ -5,7 +5,7 @@ import { join } from 'node:path'
 import type { Features } from './context.js'
 import { ALLOCATOR_BIN, PROXY_BIN, REPO_ROOT, TINY_APP } from './paths.js'
 import type { Child, ProcessSet } from './procs.js'
-import { parseListeningLine, parseReadyLine } from './ready.js'
+import { parseListeningLine, parseReadyLine } from '../../shared/ready.js'
 
 /** What a hyphae daemon prints on its `ready` line (DESIGN.md). */
 export interface DaemonReady {

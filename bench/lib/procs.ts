@@ -1,7 +1,7 @@
 import { fork, spawn, type ChildProcess } from 'node:child_process'
 import { connect } from 'node:net'
 import { createInterface } from 'node:readline'
-import { untilReady } from './ready.js'
+import { untilReady } from '../../shared/ready.js'
 
 /**
  * Every process a benchmark starts goes through one ProcessSet, which knows each one by PID

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { parseReadyLine, untilReady, type ReadyLine } from '../../bench/lib/ready.js'
+import { parseReadyLine, untilReady, type ReadyLine } from '../../shared/ready.js'
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
 

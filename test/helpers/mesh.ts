@@ -2,7 +2,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
-import { parseListeningLine } from '../../bench/lib/ready.js'
+import { parseListeningLine } from '../../shared/ready.js'
 import { REPO_ROOT, startDaemon, startProcess, type Daemon, type StartedProcess } from './daemon.js'
 import { LatencyRelay } from './latency-relay.js'
 

@@ -1,6 +1,5 @@
-// Waiting for a started process to say it is ready. One implementation for the benchmarks
-// (bench/lib/procs.ts, bench/lib/mesh.ts) and the tests (test/helpers/daemon.ts, mesh.ts):
-// bench/ is compiled, test/ is not, so the tests import it from here.
+// Waiting for a started process to say it is ready: one implementation for `hyphae up`, the
+// allocator's process sidecars, the benchmarks and the test helpers.
 import type { ChildProcess } from 'node:child_process'
 import type { Interface } from 'node:readline'
 
