@@ -7,6 +7,7 @@ import { httpGet, startProxy, type Daemon, type DaemonReady } from '../lib/mesh.
 import { ALLOCATOR_BIN, HELLO_APP, REPO_ROOT } from '../lib/paths.js'
 import { median, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
+import { parseReadyLine } from '../../shared/ready.js'
 
 /**
  * 3. Cold start: the first request for a service with no instance, to its response, through a
@@ -89,7 +90,7 @@ async function runRuntime (ctx: SuiteContext, runtime: 'process' | 'docker', n: 
       args: [ALLOCATOR_BIN, '--configfile', configFile, '--runtime', runtime, '--metrics', '0', '--log-level', 'debug',
         '--idle-timeout', '600', '--max-instances', String(n + 2), '--data-dir', join(ctx.tmp, `allocator-cold-${runtime}`)],
       cwd: REPO_ROOT,
-      ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
+      ready: line => parseReadyLine(line) as DaemonReady | undefined
     })
     const allocLog = new DaemonLog(allocator)
     client = await startProxy(ctx.procs, {

@@ -6,6 +6,7 @@ import { pssBytes, rssBytes, rssSplit } from '../lib/proc-stats.js'
 import type { Child } from '../lib/procs.js'
 import { MB, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
+import { parseReadyLine } from '../../shared/ready.js'
 
 /**
  * 5. Footprint: the RSS of one client proxy, one server proxy and one allocator, each left
@@ -42,7 +43,7 @@ export const footprint: Suite = {
             command: process.execPath,
             args: [ALLOCATOR_BIN, '--configfile', configFile, '--bootstrap', bootAddr, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-footprint')],
             cwd: REPO_ROOT,
-            ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
+            ready: line => parseReadyLine(line) as DaemonReady | undefined
           })
           started.push(allocator)
           measured.allocator = allocator.pid

@@ -8,6 +8,7 @@ import { HELLO_APP } from '../lib/paths.js'
 import { freePort, type ProcessSet } from '../lib/procs.js'
 import { median, round } from '../lib/stats.js'
 import type { Row } from '../lib/table.js'
+import { parseListeningLine } from '../../shared/ready.js'
 
 /**
  * 6. Routing, on the example app (`dist/examples/hello/server.js`, which answers
@@ -48,10 +49,7 @@ async function startHello (procs: ProcessSet, instance: string): Promise<App> {
     command: process.execPath,
     args: [HELLO_APP],
     env: { PORT: '0', INSTANCE: instance },
-    ready: line => {
-      const match = /^listening (\d+)$/.exec(line)
-      return match == null ? undefined : Number(match[1])
-    }
+    ready: parseListeningLine
   })
 }
 

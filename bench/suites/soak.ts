@@ -8,6 +8,7 @@ import { cpuDelta, cpuSnapshot, processTree, rssBytes, type CpuSnapshot } from '
 import type { Child, ProcessSet } from '../lib/procs.js'
 import { linearFit, MB, quantile, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
+import { parseListeningLine, parseReadyLine } from '../../shared/ready.js'
 
 /**
  * 7. Soak: a steady, bounded rate of small GETs through the mesh for 10 minutes (1 minute
@@ -96,7 +97,7 @@ async function startTopology (ctx: SuiteContext): Promise<Topology> {
         command: process.execPath,
         args: [ALLOCATOR_BIN, '--configfile', configFile, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-soak')],
         cwd: REPO_ROOT,
-        ready: line => line.startsWith('ready ') ? JSON.parse(line.slice(6)) as DaemonReady : undefined
+        ready: line => parseReadyLine(line) as DaemonReady | undefined
       })
       started.push(allocator)
       const client = await startProxy(ctx.procs, { name: 'soak-client', configFile, bootstrap: allocator.ready.multiaddrs[0] })
@@ -149,10 +150,7 @@ async function startHelloApp (procs: ProcessSet): Promise<App> {
     command: process.execPath,
     args: [HELLO_APP],
     env: { PORT: '0', INSTANCE: 'soak' },
-    ready: line => {
-      const match = /^listening (\d+)$/.exec(line)
-      return match == null ? undefined : Number(match[1])
-    }
+    ready: parseListeningLine
   })
 }
 

@@ -3,6 +3,7 @@ import { request, type IncomingHttpHeaders } from 'node:http'
 import { resolve } from 'node:path'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { REPO_ROOT, startProcess, stopAllDaemons, type StartedProcess } from '../helpers/daemon.js'
+import { parseListeningLine } from '../../shared/ready.js'
 
 const SERVER = resolve(REPO_ROOT, 'dist/examples/hello/server.js')
 
@@ -43,10 +44,7 @@ describe('examples/hello server', () => {
   beforeEach(async () => {
     app = await startProcess(SERVER, [], {
       env: { PORT: '0', INSTANCE: 'test-1' },
-      isReady: line => {
-        const m = /^listening (\d+)$/.exec(line)
-        return m === null ? undefined : Number(m[1])
-      }
+      isReady: parseListeningLine
     })
     port = app.ready
   })
