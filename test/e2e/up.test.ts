@@ -1,5 +1,6 @@
 import { existsSync, realpathSync } from 'node:fs'
-import { readdir, readFile } from 'node:fs/promises'
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { createServer } from 'node:net'
 import { delimiter, join } from 'node:path'
 import { afterAll, describe, expect, it } from 'vitest'
@@ -7,6 +8,12 @@ import { binPath, runCli, startProcess, stopAllDaemons } from '../helpers/daemon
 import { http } from '../helpers/http.js'
 import { descendantsOf, freePort, isAlive } from '../helpers/mesh.js'
 import { waitFor } from '../helpers/wait-for.js'
+
+let npxCacheDir: string | undefined
+async function npxCache (): Promise<string> {
+  npxCacheDir ??= await mkdtemp(join(tmpdir(), 'hyphae-npx-cache-'))
+  return npxCacheDir
+}
 
 /** npm's npx script (`npx` on the PATH, links followed), to run with this node. */
 function npxScript (): string {
@@ -38,7 +45,10 @@ async function processesMarked (marks: string[]): Promise<number[]> {
 }
 
 describe('hyphae up', () => {
-  afterAll(async () => { await stopAllDaemons() })
+  afterAll(async () => {
+    await stopAllDaemons()
+    if (npxCacheDir != null) await rm(npxCacheDir, { recursive: true, force: true })
+  })
 
   it('runs a local mesh that serves the example service, and stops it all on SIGINT', async () => {
     const port = await freePort()
@@ -118,6 +128,10 @@ describe('hyphae up', () => {
     const port = await freePort()
     // startProcess puts npx in a process group of its own, as a terminal would.
     const npx = await startProcess(npxScript(), ['hyphae', 'up', '--port', String(port)], {
+      // A cache of its own: npx keeps its install of a local package by the package's path,
+      // with the bin links of the package.json it saw then; a clone at a reused path (or a
+      // moved bin) would run a stale link ("hyphae: not found").
+      env: { npm_config_cache: await npxCache() },
       timeoutMs: 60_000,
       isReady: line => /^\s+curl (\S+)/.exec(line)?.[1]
     })
