@@ -9,6 +9,7 @@ import type { ServiceRecord } from '../shared/registry/record.js'
 import type { Candidate } from '../shared/peer-finder.js'
 import { RateWindow } from '../shared/rate-window.js'
 import { requestFirst, type RequestInstance } from './allocations.js'
+import { FloorKeeper } from './floor-keeper.js'
 
 export interface AutoscalerTimers {
   setInterval: (fn: () => void, ms: number) => unknown
@@ -61,10 +62,8 @@ const BUCKETS = 120
  * over a sliding window and, while the rate is above the record's target, asks the nearest
  * allocator for another instance. Scaling in is the allocator's idle culling.
  *
- * It also keeps the record's `minInstances` warm once the service runs at all (with no control
- * plane, nothing starts the first one before a request does): when the DHT shows fewer live
- * instances, the one with the lowest peer ID among them asks for another, so that instances
- * seeing the same shortfall do not each start one. Allocators never cull below the floor.
+ * It also keeps the record's `minInstances` warm (FloorKeeper), asking for instances the same
+ * way, one decision at a time.
  *
  * The rate is requests ÷ the time observed, where the time observed is the window, or the
  * time since this instance started if that is shorter: dividing by the whole window would
@@ -87,8 +86,7 @@ export class Autoscaler {
   private startedFrom = { ms: 0, bucket: 0 }
   private decidingFrom = { ms: 0, bucket: 0 }
   private nextAttemptAt = 0
-  private nextFloorCheckAt = 0
-  private readonly floorCheckMs: number
+  private readonly floor: FloorKeeper
   private inflight?: Promise<ScaleDecision>
   private timer?: unknown
   private lifetime = new AbortController()
@@ -104,10 +102,10 @@ export class Autoscaler {
     if (!(this.windowMs >= 100)) throw new Error('the scaling window must be at least 100 ms')
     this.checkIntervalMs = init.checkIntervalMs ?? Math.min(1000, Math.max(100, this.windowMs / 8))
     this.cooldownMs = init.cooldownMs ?? Math.max(this.windowMs / 4, 10_000)
-    this.floorCheckMs = init.floorCheckMs ?? 5_000
     this.minObservedMs = this.windowMs / 4
     this.now = init.now ?? Date.now
     this.requests = new RateWindow({ windowMs: this.windowMs, buckets: BUCKETS, now: this.now })
+    this.floor = new FloorKeeper({ record: init.record, self: init.node.peerId.toString(), instances: init.instances, log: init.log, checkMs: init.floorCheckMs ?? 5_000, now: this.now })
     this.timers = init.timers ?? {
       setInterval: (fn, ms) => setInterval(fn, ms),
       clearInterval: handle => { clearInterval(handle as NodeJS.Timeout) }
@@ -166,8 +164,14 @@ export class Autoscaler {
     if (this.lifetime.signal.aborted) return 'stopped'
     if (this.inflight != null) return 'in_flight'
     let floor: ScaleDecision | undefined
-    if ((this.init.record.minInstances ?? 0) > 1 && this.now() >= this.nextFloorCheckAt) {
-      floor = await this.exclusive(async () => await this.keepFloor())
+    if (this.floor.due) {
+      floor = await this.exclusive(async () => {
+        const verdict = await this.floor.check(this.lifetime.signal)
+        if (verdict.kind !== 'short') return verdict.kind
+        const decision = await this.scaleUp('min_instances', { instances: verdict.instances, minInstances: verdict.minInstances })
+        this.floor.asked(decision === 'allocated', this.cooldownMs)
+        return decision
+      })
       if (floor !== 'floor_met' && floor !== 'floor_left_to_peer') return floor
     }
     const { targetRps } = this.init
@@ -188,33 +192,6 @@ export class Autoscaler {
     const attempt = decide().finally(() => { this.inflight = undefined })
     this.inflight = attempt
     return await attempt
-  }
-
-  private async keepFloor (): Promise<ScaleDecision> {
-    const { record, node } = this.init
-    const min = record.minInstances ?? 0
-    this.nextFloorCheckAt = this.now() + this.floorCheckMs
-    const self = node.peerId.toString()
-    // Fresh walks (a cached count from before the last start would ask for one too many),
-    // and a shortfall seen twice: a walk cut short by its deadline misses instances, and
-    // acting on it would start one more than the floor.
-    const walk = async (): Promise<Set<string>> => new Set([self, ...await this.init.instances.providers(record, this.lifetime.signal, 0)])
-    let live: Set<string>
-    try {
-      live = await walk()
-      if (live.size < min) live = await walk()
-    } catch (err) {
-      if (this.lifetime.signal.aborted) return 'stopped'
-      this.init.log.debug({ service: record.name, err }, 'instance count failed')
-      return 'floor_left_to_peer'
-    }
-    if (live.size >= min) return 'floor_met'
-    if ([...live].sort()[0] !== self) return 'floor_left_to_peer'
-    const decision = await this.scaleUp('min_instances', { instances: live.size, minInstances: min })
-    // The new instance is advertised before its allocation is answered: count again at the next check.
-    if (decision === 'allocated') this.nextFloorCheckAt = this.now()
-    else this.nextFloorCheckAt = this.now() + this.cooldownMs
-    return decision
   }
 
   private async scaleUp (reason: ScaleReason, details: Record<string, number>): Promise<ScaleDecision> {
