@@ -74,6 +74,9 @@ export class InstanceServer {
     // Protocol upgrades are not carried over the mesh. Without a listener Node neither answers
     // them nor reports a broken body behind one: the stream would hang until a deadline.
     this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
+      // Node has let go of the socket (its error listener too): a stream the peer resets now
+      // would be an uncaught exception, the whole proxy down (found by the stream fuzzer).
+      socket.on('error', (err: Error) => { init.log.debug({ err }, 'mesh stream failed after an upgrade request') })
       const body = JSON.stringify({ error: { code: 501, reason: 'upgrade_unsupported', message: 'protocol upgrades are not carried over the mesh' } })
       socket.end(`HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
     })

@@ -133,6 +133,27 @@ describe('fuzz: server proxy /http/1.1 streams (real libp2p)', () => {
     expect(report.hangs, describeReport(report)).toBe(0)
   }, fuzzTimeoutMs(40))
 
+  // Found by the stream fuzzer (seed -2067167238): after an Upgrade request Node hands the
+  // socket to the 'upgrade' listener without its own error listener, and a stream the peer
+  // reset once the 501 had gone out was an uncaught exception: the server proxy down.
+  it('survives a stream reset right after its 501 to an Upgrade request', async () => {
+    const errors = watchProcessErrors()
+    try {
+      const stream = await clientNode.dialProtocol(serverNode.peerId, HTTP_PROTOCOL, { signal: AbortSignal.timeout(5000) })
+      const answered = new Promise<string>(resolve => {
+        stream.addEventListener('message', evt => { resolve(Buffer.from(evt.data.subarray()).toString('latin1')) }, { once: true })
+      })
+      stream.send(new TextEncoder().encode('GET / HTTP/1.1\r\nHost: x\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n'))
+      expect(await answered).toMatch(/^HTTP\/1\.1 501 /)
+      stream.abort(new Error('the peer resets'))
+      // A whole exchange later, whatever the reset set off on the server has happened.
+      expect(await answerOf(normalRequest('/after-reset'), true)).toMatchObject({ kind: 'answered', status: 200 })
+      expect(errors.problems()).toEqual([])
+    } finally {
+      errors.stop()
+    }
+  })
+
   it('still serves good requests afterwards, with nothing left in flight', async () => {
     const answer = await answerOf(normalRequest('/final?x=1'), true)
     expect(answer).toMatchObject({ kind: 'answered', status: 200 })
