@@ -14,8 +14,9 @@ import type { OriginRecordSource } from '../shared/registry/registry.js'
 import { normalizePeerIds } from '../shared/registry/signed-record.js'
 import { handleStatus, STATUS_PROTOCOL, VERSION, type NodeStatus } from '../shared/protocols/status.js'
 import { checkTrust, instanceCap, PeerRateLimiter, type PeerRateLimiterInit } from './admission.js'
-import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance } from '../shared/protocols/alloc.js'
+import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance, type AllocResponse } from '../shared/protocols/alloc.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
+import type { IngressDoor } from '../proxy/client-proxy.js'
 import { freeLocalPort, type Runtime } from './runtime.js'
 import { InstanceSupervisor, type Sidecar, type SupervisorEvent } from './supervisor.js'
 
@@ -23,8 +24,18 @@ export interface SidecarStarter {
   start: (service: string, app: { host: string, port: number }, signal?: AbortSignal) => Promise<Sidecar>
 }
 
+/**
+ * Where the allocator opens each instance's own door into the mesh (its `HYPHAE_PROXY`): an
+ * ingress sharing one client proxy's routing (see ClientProxy.openDoor).
+ */
+export interface InstanceDoors {
+  openDoor: (from: string, host: string, admit?: (remoteAddress: string) => boolean) => Promise<IngressDoor>
+}
+
 export interface AllocatorInit {
   node: MeshNode
+  /** Gives every instance its own door into the mesh; none: instances get no HYPHAE_PROXY. */
+  doors?: InstanceDoors
   /** Where its metrics go (the daemon's registry, with the process metrics); default: its own. */
   metrics?: MetricsRegistry
   registry: OriginRecordSource
@@ -46,6 +57,8 @@ export interface AllocatorInit {
   /** What this host may give instances; defaults: every core, 90% of memory. */
   capacity?: { cpus: number, memoryMb: number }
 }
+
+type OpenDoor = IngressDoor & { admit: (address: string) => void }
 
 /** Instances one allocator runs at once. */
 export const DEFAULT_MAX_INSTANCES = 16
@@ -72,6 +85,8 @@ export class Allocator {
   /** A start admitted for a service before its supervisor exists, for requests to share meanwhile. */
   private readonly pendingStarts = new Map<string, Promise<AllocInstance>>()
   private readonly rateLimiter: PeerRateLimiter
+  /** Each instance's door into the mesh, closed when the instance ends. */
+  private readonly doors = new Map<InstanceSupervisor, OpenDoor>()
   /** Services whose untrusted record was logged, so a flood logs once per service. */
   private readonly untrustedLogged = new Set<string>()
   private stopping = false
@@ -119,7 +134,7 @@ export class Allocator {
     if (removed > 0) log.info({ removed }, 'removed instances left by an earlier run')
     await node.handle(ALLOC_PROTOCOL, (stream, connection) => {
       const requester = connection.remotePeer.toString()
-      void serveAllocStream(stream, async (service, signal) => await this.allocate(service, signal, requester), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
+      void serveAllocStream(stream, async ({ service, minSeq }, signal) => await this.allocate(service, signal, requester, minSeq), { allocateTimeoutMs: (this.init.startTimeoutMs ?? 30_000) + 10_000 })
         .then(answer => {
           if (!answer.ok) log.debug({ code: answer.error.code, err: answer.error.message }, 'allocation refused')
         })
@@ -164,14 +179,14 @@ export class Allocator {
    * it is healthy and advertised. Where the service already has all the instances it may have
    * here, resolves with one of those instead.
    */
-  async allocate (service: string, signal?: AbortSignal, requester?: string): Promise<AllocInstance> {
+  async allocate (service: string, signal?: AbortSignal, requester?: string, minSeq?: number): Promise<AllocInstance> {
     const started = performance.now()
     // Metric label: names come from peers, so only a service this allocator may run has its own.
     let label = 'other'
     try {
       if (this.stopping) throw new AllocationError('shutting_down', 'the allocator is shutting down')
       if (requester != null && !this.rateLimiter.tryTake(requester)) throw new AllocationError('rate_limited', 'too many allocation requests from this peer: try again later')
-      const record = await this.trustedRecord(service, signal)
+      const record = await this.trustedRecord(service, signal, minSeq)
       label = service
       if (record.image != null && this.init.runtime.kind !== 'docker') throw new AllocationError('runtime_unavailable', `'${service}' runs a Docker image and this allocator runs the ${this.init.runtime.kind} runtime`)
       if (record.command != null && this.init.runtime.kind !== 'process') throw new AllocationError('runtime_unavailable', `'${service}' runs a command and this allocator runs the ${this.init.runtime.kind} runtime`)
@@ -187,6 +202,7 @@ export class Allocator {
       const sharing = !this.pendingStarts.has(service)
       if (sharing) this.pendingStarts.set(service, shared.promise)
       let supervisor: InstanceSupervisor | undefined
+      let door: OpenDoor | undefined
       try {
         if (record.maxInstances != null) {
           // Mesh-wide, as far as the DHT shows: live providers of the service.
@@ -194,9 +210,16 @@ export class Allocator {
           if (running >= record.maxInstances) throw new AllocationError('capacity', `'${service}' already runs its maxInstances of ${record.maxInstances} in the mesh`)
         }
         const hostPort = await freeLocalPort()
+        door = await this.openDoor(service)
         supervisor = new InstanceSupervisor({
           runtime: this.init.runtime,
-          spec: { instanceId: `${service}-${randomBytes(4).toString('hex')}`, record, hostPort, allocatorPeerId: this.init.node.peerId.toString() },
+          spec: {
+            instanceId: `${service}-${randomBytes(4).toString('hex')}`,
+            record,
+            hostPort,
+            allocatorPeerId: this.init.node.peerId.toString(),
+            proxy: door != null ? { host: door.host, port: door.port, admit: door.admit } : undefined
+          },
           startSidecar: async (app, options) => {
             const sidecar = await this.init.sidecars.start(service, app, options.signal)
             // The supervisor stops the sidecar first when it ends the instance: from then on
@@ -212,6 +235,7 @@ export class Allocator {
           cullable: () => supervisor == null || this.floor.cullable(supervisor),
           onEvent: event => { this.onEvent(service, event, supervisor) }
         })
+        if (door != null) this.doors.set(supervisor, door)
         this.supervisors.add(supervisor)
         this.reserve(service, -1)
         reserved = false
@@ -227,10 +251,8 @@ export class Allocator {
         this.init.log.info({ service, peer: instance.peerId, ms: Math.round(performance.now() - started) }, 'instance allocated')
         return instance
       } catch (err) {
-        if (supervisor != null && supervisor.state === 'failed') {
-          this.supervisors.delete(supervisor)
-          this.floor.remove(supervisor)
-        }
+        if (supervisor != null && supervisor.state === 'failed') this.forget(supervisor)
+        if (supervisor == null) void door?.close()
         shared.reject(err)
         throw err
       } finally {
@@ -246,9 +268,13 @@ export class Allocator {
   }
 
   /** The record for SERVICE if this allocator may run it; an AllocationError saying why not. */
-  private async trustedRecord (service: string, signal?: AbortSignal): Promise<ServiceRecord> {
-    const resolved = await this.init.registry.resolveWithOrigin(service, { signal })
+  private async trustedRecord (service: string, signal?: AbortSignal, minSeq?: number): Promise<ServiceRecord> {
+    const resolved = await this.init.registry.resolveWithOrigin(service, { signal, minSeq })
     if (resolved == null) throw new AllocationError('unknown_service', `no valid registry record for '${service}'`)
+    // A static record is the operator's and wins whatever its seq; a DHT one must be as new as asked.
+    if (minSeq != null && resolved.origin.source !== 'static' && resolved.record.seq < minSeq) {
+      throw new AllocationError('unknown_service', `this allocator finds seq ${resolved.record.seq} of '${service}' in the DHT, not yet seq ${minSeq}`)
+    }
     const untrusted = checkTrust(resolved, this.init.trustedSigners ?? [])
     if (untrusted == null) return resolved.record
     if (!this.untrustedLogged.has(service)) {
@@ -282,9 +308,41 @@ export class Allocator {
   private onEvent (service: string, event: SupervisorEvent, supervisor: InstanceSupervisor | undefined): void {
     if (event === 'relaunched') this.counters.relaunches.inc({ service })
     if (event === 'culled') this.counters.culls.inc({ service })
-    if ((event === 'culled' || event === 'stopped' || event === 'failed') && supervisor != null) {
-      this.supervisors.delete(supervisor)
-      this.floor.remove(supervisor)
+    if ((event === 'culled' || event === 'stopped' || event === 'failed') && supervisor != null) this.forget(supervisor)
+  }
+
+  private forget (supervisor: InstanceSupervisor): void {
+    this.supervisors.delete(supervisor)
+    this.floor.remove(supervisor)
+    void this.doors.get(supervisor)?.close().catch(err => { this.init.log.debug({ err }, 'cannot close an instance\'s door') })
+    this.doors.delete(supervisor)
+  }
+
+  /**
+   * An instance's own door into the mesh, open before the app starts so its environment can
+   * name it: 127.0.0.1 for a process; for a container, the gateway of its network, admitting
+   * only the container's address once the runtime knows it (nothing before).
+   */
+  private async openDoor (service: string): Promise<OpenDoor | undefined> {
+    const { doors, runtime } = this.init
+    if (doors == null) return undefined
+    const host = await runtime.proxyHost()
+    if (host === '127.0.0.1') return { ...await doors.openDoor(service, host), admit: () => {} }
+    let admitted: string | undefined
+    const door = await doors.openDoor(service, host, remote => remote === admitted || remote === `::ffff:${admitted ?? ''}`)
+    return { ...door, admit: address => { admitted = address } }
+  }
+
+  /**
+   * Answers an allocation asked in this process (this node's own instances' doors): the same
+   * path as a request from the mesh, as `/hyphae/alloc/1.0.0` would answer it.
+   */
+  async allocateLocally (service: string, signal: AbortSignal): Promise<AllocResponse> {
+    try {
+      return { ok: true, instance: await this.allocate(service, signal) }
+    } catch (err) {
+      const coded = err instanceof AllocationError ? err : new AllocationError('internal', (err as Error).message)
+      return { ok: false, error: { code: coded.code, message: coded.message } }
     }
   }
 

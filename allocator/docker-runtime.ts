@@ -2,11 +2,14 @@ import { Writable } from 'node:stream'
 import Docker from 'dockerode'
 import type { Logger } from '../shared/log.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
-import { AppOutput, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
+import { AppOutput, instanceEnv, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
 
 export const LABEL_ALLOCATOR = 'hyphae.allocator'
 export const LABEL_SERVICE = 'hyphae.service'
 export const LABEL_INSTANCE = 'hyphae.instance'
+
+/** Where a container finds its service's volume (`HYPHAE_DATA_DIR`). */
+export const CONTAINER_DATA_DIR = '/data'
 
 /** The container port when a record names none: the common default of web images. */
 export const DEFAULT_CONTAINER_PORT = 8080
@@ -49,6 +52,7 @@ export class DockerRuntime implements Runtime {
   readonly kind = 'docker' as const
   private readonly docker: Docker
   private readonly live = new Map<string, LiveContainer>()
+  private gateway?: Promise<string>
 
   constructor (private readonly init: DockerRuntimeInit) {
     this.docker = init.docker ?? new Docker()
@@ -64,6 +68,20 @@ export class DockerRuntime implements Runtime {
     } catch {
       return false
     }
+  }
+
+  /**
+   * The gateway of the default bridge network: the host's address as its containers see it,
+   * where their doors into the mesh listen (admitting only their own container).
+   */
+  async proxyHost (): Promise<string> {
+    this.gateway ??= this.docker.getNetwork('bridge').inspect().then((network: { IPAM?: { Config?: Array<{ Gateway?: string }> } }) => {
+      const gateway = network.IPAM?.Config?.find(config => config.Gateway != null)?.Gateway
+      if (gateway == null) throw new AllocationError('start_failed', 'the Docker bridge network has no gateway address for containers to reach their proxy on')
+      return gateway
+    })
+    this.gateway.catch(() => { this.gateway = undefined })
+    return await this.gateway
   }
 
   async start (spec: InstanceSpec, options: { signal?: AbortSignal } = {}): Promise<RuntimeInstance> {
@@ -82,7 +100,8 @@ export class DockerRuntime implements Runtime {
     checkAborted()
 
     const containerPort = `${record.port ?? DEFAULT_CONTAINER_PORT}/tcp`
-    const env = Object.entries({ ...record.env, PORT: String(record.port ?? DEFAULT_CONTAINER_PORT) }).map(([k, v]) => `${k}=${v}`)
+    const env = Object.entries({ ...record.env, ...instanceEnv(spec, CONTAINER_DATA_DIR), PORT: String(record.port ?? DEFAULT_CONTAINER_PORT) }).map(([k, v]) => `${k}=${v}`)
+    const volume = await this.serviceVolume(record.name, spec.allocatorPeerId)
     const memory = record.memoryMb != null ? record.memoryMb * 1024 * 1024 : undefined
     let container: Docker.Container
     try {
@@ -101,6 +120,8 @@ export class DockerRuntime implements Runtime {
         HostConfig: {
           // Loopback only: the mesh reaches the app through its proxy, never directly.
           PortBindings: { [containerPort]: [{ HostIp: '127.0.0.1', HostPort: String(spec.hostPort) }] },
+          // Kept per service on this host: a relaunched or re-allocated instance finds its data.
+          Mounts: [{ Type: 'volume', Source: volume, Target: CONTAINER_DATA_DIR }],
           ...(record.cpu != null ? { NanoCpus: Math.round(record.cpu * 1e9) } : {}),
           // Swap equal to the memory limit: none on top of it.
           ...(memory !== undefined ? { Memory: memory, MemorySwap: memory } : {}),
@@ -125,6 +146,13 @@ export class DockerRuntime implements Runtime {
     try {
       checkAborted()
       await container.start()
+      // Its door into the mesh opens to this container's address only, known from now on.
+      if (spec.proxy != null) {
+        const info = await container.inspect()
+        const address = info.NetworkSettings.Networks.bridge?.IPAddress ?? ''
+        if (address === '') throw new AllocationError('start_failed', `the container of '${record.name}' has no address on the bridge network to reach its proxy from`)
+        spec.proxy.admit(address)
+      }
       // From the start of the container's log, so nothing written before we attached is lost.
       live.logs = await this.followLogs(container, output)
     } catch (err) {
@@ -173,6 +201,18 @@ export class DockerRuntime implements Runtime {
       }
     }
     return removed
+  }
+
+  /** The service's named volume, made (labelled) on first use; the engine keeps it across containers. */
+  private async serviceVolume (service: string, allocatorPeerId: string): Promise<string> {
+    const name = `hyphae-data-${service}`
+    try {
+      // Idempotent: an existing volume of that name is returned as it is.
+      await this.docker.createVolume({ Name: name, Labels: { [LABEL_SERVICE]: service, [LABEL_ALLOCATOR]: allocatorPeerId } })
+    } catch (err) {
+      throw this.engineFailure(err, `cannot make the volume ${name}`)
+    }
+    return name
   }
 
   private async ensureImage (image: string, log: Logger, signal: AbortSignal | undefined): Promise<void> {

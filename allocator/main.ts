@@ -7,7 +7,9 @@ import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { defaultDataDir, openDataDir } from '../shared/data-dir.js'
 import { UsageError } from '../shared/errors.js'
 import { MetricsServer } from '../shared/metrics-server.js'
+import { join } from 'node:path'
 import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
+import { ClientProxy } from '../proxy/client-proxy.js'
 import { Allocator, DEFAULT_MAX_INSTANCES } from './allocator.js'
 import { SUPERVISOR_DEFAULTS } from './supervisor.js'
 import { chooseRuntime } from './runtimes.js'
@@ -29,7 +31,7 @@ const OPTIONS = {
   'start-timeout': option({ arg: 'MS', help: 'time for an instance to become healthy', default: SUPERVISOR_DEFAULTS.startTimeoutMs, parse: parsers.positiveInt }),
   'scale-window': option({ arg: 'SECONDS', help: 'the window each instance\'s proxy measures its request rate over, for autoscaling', default: DEFAULT_SCALE_WINDOW_MS, defaultText: String(DEFAULT_SCALE_WINDOW_MS / 1000), parse: parsers.secondsAsMs }),
   sidecar: option({ arg: 'KIND', help: 'where each instance\'s server proxy runs: in-process (a libp2p node of its own inside the allocator) or process (a hyphae-proxy each)', default: 'in-process', parse: parsers.oneOf(SIDECARS) }),
-  'data-dir': option({ arg: 'DIR', help: 'DHT records, peer store and identity key (DIR/key) kept here across restarts; one allocator per DIR', defaultText: '$XDG_STATE_HOME/hyphae/allocator, else ~/.local/state/hyphae/allocator', parse: parsers.text }),
+  'data-dir': option({ arg: 'DIR', help: 'DHT records, peer store and identity key (DIR/key) kept here across restarts; one allocator per DIR', defaultText: '$XDG_STATE_HOME/hyphae/allocator, else /var/lib/hyphae/allocator for root, else ~/.local/state/hyphae/allocator', parse: parsers.text }),
   ...COMMON_OPTIONS,
   key: { ...COMMON_OPTIONS.key, defaultText: 'DIR/key of --data-dir' },
   metrics: { ...COMMON_OPTIONS.metrics, help: 'Prometheus metrics on 127.0.0.1:PORT (/instances the instances; 0: any free port)', default: DEFAULT_METRICS_PORT }
@@ -77,9 +79,10 @@ runDaemon('hyphae-allocator', async () => {
     await data.datastore.close()
   }
   let allocator: Allocator | undefined
+  let doors: ClientProxy | undefined
   let metrics: MetricsServer | undefined
   try {
-    const runtime = await chooseRuntime(runtimeKind, base.log.child({ component: 'runtime' }), { runAs: values['run-as'] })
+    const runtime = await chooseRuntime(runtimeKind, base.log.child({ component: 'runtime' }), { runAs: values['run-as'], dataRoot: join(data.dir, 'services') })
     const listen = values.listen ?? ['/ip4/127.0.0.1/tcp/0']
     const bootstraps = (): ReturnType<typeof node.getMultiaddrs> => node.getMultiaddrs()
     const sidecars = sidecarKind === 'process'
@@ -87,7 +90,23 @@ runDaemon('hyphae-allocator', async () => {
       : new InProcessSidecars({ log: base.log.child({ component: 'sidecar' }), bootstraps, listen, config: base.config, psk: base.psk, records: base.registry, healthIntervalMs: settings.healthIntervalMs, scaleWindowMs })
     const metricsRegistry = new MetricsRegistry()
     collectDefaultMetrics({ register: metricsRegistry, prefix: 'hyphae_allocator_' })
-    allocator = new Allocator({ node, metrics: metricsRegistry, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, log, ...settings })
+    // Every instance's door into the mesh (HYPHAE_PROXY): one routing core on this node, one
+    // ingress per instance, and this allocator asked first, in-process, for cold starts.
+    const allocating: { allocator?: Allocator } = {}
+    doors = new ClientProxy({
+      node,
+      registry: base.registry,
+      log: base.log.child({ component: 'doors' }),
+      metrics: metricsRegistry,
+      defaults: { softRttMs: base.config.softRttMs, hardRttMs: base.config.hardRttMs },
+      localAllocator: async (service, signal) => {
+        if (allocating.allocator == null) return { ok: false, error: { code: 'shutting_down', message: 'the allocator is not running' } }
+        return await allocating.allocator.allocateLocally(service, signal)
+      }
+    })
+    allocator = new Allocator({ node, metrics: metricsRegistry, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, doors, log, ...settings })
+    allocating.allocator = allocator
+    await doors.start()
     await allocator.start()
     const current = allocator
     metrics = new MetricsServer({
@@ -106,16 +125,19 @@ runDaemon('hyphae-allocator', async () => {
     })
   } catch (err) {
     await allocator?.stop().catch(() => {})
+    await doors?.stop().catch(() => {})
     await metrics?.stop().catch(() => {})
     await stopBase().catch(() => {})
     throw err
   }
   const running = allocator
+  const runningDoors = doors
   const runningMetrics = metrics
   return {
     stop: async () => {
       log.info('stopping: removing the instances this allocator started')
       await running.stop()
+      await runningDoors.stop()
       await runningMetrics.stop()
       await stopBase()
     }

@@ -6,7 +6,8 @@ import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { resolveAppUser, type AppUser } from './app-user.js'
 import { InstanceDirs, removeWorkDir, removeWorkDirSync } from './instance-dir.js'
 import { groupAlive, processCwd, processesWithEnv, readProcStat, signalGroup } from './proc.js'
-import { AppOutput, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
+import { AppOutput, instanceEnv, LineSplitter, type InstanceExit, type InstanceSpec, type Runtime, type RuntimeInstance } from './runtime.js'
+import { ServiceDataDirs } from './service-data.js'
 
 // Still importable from the runtime they were part of: the allocator and its tests use them.
 export { resolveAppUser, type AppUser } from './app-user.js'
@@ -28,6 +29,11 @@ export interface ProcessRuntimeInit {
    * temporary directory.
    */
   workRoot?: string
+  /**
+   * Where each service keeps its data across instances, `<dataRoot>/<service>` (see
+   * ServiceDataDirs). Default: `hyphae-data-<uid>` in the OS temporary directory.
+   */
+  dataRoot?: string
   /**
    * Variables of the allocator's environment that apps inherit. Not all of it: the allocator's
    * environment can hold secrets (P2P_PSK) that an app must not see.
@@ -78,10 +84,12 @@ export class ProcessRuntime implements Runtime {
 
   private readonly selfUid = process.getuid?.() ?? -1
   private readonly workDirs: InstanceDirs
+  private readonly dataDirs: ServiceDataDirs
   private user?: Promise<AppUser>
 
   constructor (private readonly init: ProcessRuntimeInit) {
     this.workDirs = new InstanceDirs(init.workRoot, this.selfUid)
+    this.dataDirs = new ServiceDataDirs(init.dataRoot, this.selfUid)
   }
 
   /** The user apps run as; rejects (every time) if runAs names no user, root, or one this allocator may not become. */
@@ -92,6 +100,10 @@ export class ProcessRuntime implements Runtime {
 
   async available (): Promise<boolean> {
     return true
+  }
+
+  async proxyHost (): Promise<string> {
+    return '127.0.0.1'
   }
 
   async start (spec: InstanceSpec, options: { signal?: AbortSignal } = {}): Promise<RuntimeInstance> {
@@ -109,6 +121,7 @@ export class ProcessRuntime implements Runtime {
     }
     // Dropping privileges: only root may (and must) switch to the app's user.
     const dropPrivileges = this.selfUid === 0
+    const dataDir = await this.dataDirs.make(record.name, user, dropPrivileges)
     const workDir = await this.workDirs.make(spec.instanceId, user, dropPrivileges)
 
     const parentEnv = this.init.env ?? process.env
@@ -122,7 +135,7 @@ export class ProcessRuntime implements Runtime {
     Object.assign(env, { HOME: home, USER: user.name, LOGNAME: user.name })
     // Last: the allocator publishes and health-checks this port, and finds its orphans by the
     // mark; the record can move neither.
-    Object.assign(env, record.env, { PORT: String(spec.hostPort), [ALLOCATOR_ENV]: spec.allocatorPeerId })
+    Object.assign(env, record.env, instanceEnv(spec, dataDir), { PORT: String(spec.hostPort), [ALLOCATOR_ENV]: spec.allocatorPeerId })
 
     const child = spawn(this.init.shell ?? '/bin/sh', ['-c', record.command], {
       cwd: workDir,

@@ -11,6 +11,29 @@ export interface InstanceSpec {
   hostPort: number
   /** Labels containers, so that a later run of the same allocator finds what this one left. */
   allocatorPeerId: string
+  /**
+   * The instance's own door into the mesh (its sidecar ingress, `HYPHAE_PROXY`), open before
+   * the app starts. A container's runtime admits the container's address once it knows it.
+   */
+  proxy?: { host: string, port: number, admit: (address: string) => void }
+}
+
+/**
+ * What every app is told besides the record's env (DESIGN.md, "What an instance is given"):
+ * who it is, where its data lives, and where to send requests for other services. Applied
+ * after the record's env, which cannot move them.
+ */
+export function instanceEnv (spec: InstanceSpec, dataDir: string): Record<string, string> {
+  const env: Record<string, string> = { HYPHAE_SERVICE: spec.record.name, HYPHAE_DATA_DIR: dataDir }
+  if (spec.proxy != null) {
+    Object.assign(env, {
+      HYPHAE_PROXY: `http://${spec.proxy.host}:${spec.proxy.port}`,
+      // The names the Go original gave its containers.
+      PROXY_IP: spec.proxy.host,
+      PROXY_PORT: String(spec.proxy.port)
+    })
+  }
+  return env
 }
 
 export interface InstanceExit {
@@ -40,6 +63,8 @@ export interface Runtime {
   removeOrphans: (allocatorPeerId: string) => Promise<number>
   /** Whether this runtime can start anything on this host right now. */
   available: () => Promise<boolean>
+  /** The address its apps reach this host on: where their doors into the mesh listen. */
+  proxyHost: () => Promise<string>
 }
 
 /**

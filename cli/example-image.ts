@@ -11,6 +11,18 @@ import { distFile } from '../shared/paths.js'
 export const EXAMPLE_IMAGE = 'hyphae-example/hello:1'
 const DIGEST_LABEL = 'hyphae.example.digest'
 const HELLO_MAIN = distFile('examples/hello/server.js')
+/** The toy store's modules, copied as they are into /app/toystore. */
+const TOYSTORE_FILES = ['frontend.js', 'catalog.js', 'order.js', 'http-util.js']
+/**
+ * The image's program: a toy store tier when the allocator names one in HYPHAE_SERVICE, else
+ * hello. The examples start only as the program node runs (they are imported by tests too), so
+ * argv[1] names the one chosen.
+ */
+const DISPATCH = `const tiers = ['frontend', 'catalog', 'order']
+const service = process.env.HYPHAE_SERVICE ?? ''
+process.argv[1] = tiers.includes(service) ? \`/app/toystore/\${service}.js\` : '/app/server.js'
+await import(process.argv[1])
+`
 const run = promisify(execFile)
 
 /** Whether a Docker Engine answers, and if not, why. */
@@ -31,9 +43,10 @@ export async function dockerAvailable (docker: Docker = new Docker()): Promise<{
  */
 export async function ensureExampleImage (progress: (line: string) => void = () => {}): Promise<string> {
   const server = await readFile(HELLO_MAIN)
-  const digest = createHash('sha256')
-    .update(process.execPath).update(process.version).update(process.arch).update(server)
-    .digest('hex').slice(0, 16)
+  const toystore = await Promise.all(TOYSTORE_FILES.map(async file => await readFile(distFile(`examples/toystore/${file}`))))
+  const hash = createHash('sha256').update(process.execPath).update(process.version).update(process.arch).update(server).update(DISPATCH)
+  for (const file of toystore) hash.update(file)
+  const digest = hash.digest('hex').slice(0, 16)
   if (await imageDigest(EXAMPLE_IMAGE) === digest) return EXAMPLE_IMAGE
   progress(`building the local image ${EXAMPLE_IMAGE} (node ${process.version} and the example app)`)
 
@@ -43,12 +56,18 @@ export async function ensureExampleImage (progress: (line: string) => void = () 
     for (const lib of await sharedLibraries(process.execPath)) await copyInto(root, lib, lib)
     await mkdir(join(root, 'app'), { recursive: true })
     await writeFile(join(root, 'app/server.js'), server)
-    // Without it node would read the compiled ES module as CommonJS.
+    await mkdir(join(root, 'app/toystore'))
+    for (const [i, file] of TOYSTORE_FILES.entries()) await writeFile(join(root, 'app/toystore', file), toystore[i])
+    await writeFile(join(root, 'app/main.js'), DISPATCH)
+    // Without it node would read the compiled ES modules as CommonJS.
     await writeFile(join(root, 'app/package.json'), '{"type":"module"}\n')
     await mkdir(join(root, 'tmp'))
     await chmod(join(root, 'tmp'), 0o1777)
+    // Where the service's volume is mounted (HYPHAE_DATA_DIR); a new volume takes its mode.
+    await mkdir(join(root, 'data'))
+    await chmod(join(root, 'data'), 0o1777)
     await dockerImport(root, EXAMPLE_IMAGE, [
-      'CMD ["/usr/local/bin/node","/app/server.js"]',
+      'CMD ["/usr/local/bin/node","/app/main.js"]',
       'ENV HOST=0.0.0.0',
       `LABEL ${DIGEST_LABEL}=${digest}`
     ])

@@ -48,7 +48,7 @@ const RECORD_OPTIONS = {
   memory: option({ arg: 'MB', help: 'memory per instance', parse: recordNumber('memoryMb', parsers.positiveInt) }),
   env: option({ arg: 'K=V', help: 'environment variable of the service', multiple: true, parse: envPair }),
   'target-rps': option({ arg: 'N', help: 'requests per second one instance should serve; more autoscales', defaultText: 'config Perf.TargetRps', parse: recordNumber('targetRps') }),
-  'min-instances': option({ arg: 'N', help: 'instances kept running once the service runs', parse: recordNumber('minInstances') }),
+  'min-instances': option({ arg: 'N', help: 'instances kept running; put starts them at once (deploy on publish) and waits until they are up', parse: recordNumber('minInstances') }),
   'max-instances': option({ arg: 'N', help: 'instances at most', parse: recordNumber('maxInstances', parsers.positiveInt) }),
   seq: option({ arg: 'N', help: 'record sequence number; the highest wins', defaultText: 'now in ms', parse: recordNumber('seq') })
 }
@@ -118,13 +118,20 @@ async function registryPut (argv: string[], io: Io): Promise<number> {
     if (result.storedOn === 0) throw new Error(`no peer stored the record for '${name}'`)
     io.out(`stored ${result.key} seq=${result.record.seq} signer=${result.signer}`)
     // Loaded late, like libp2p in withShortLivedNode: --help and usage errors need not pay for it.
-    const { surveyAllocatorTrust } = await import('./allocator-trust.js')
-    const survey = await surveyAllocatorTrust(node, result.signer)
+    const { surveyAllocators } = await import('./allocators.js')
+    const survey = await surveyAllocators(node, result.signer)
     const fix = `list ${result.signer} in an allocator's RegistryKeys to have '${name}' run there`
     if (survey.answered === 0) io.err(`hyphae: warning: no allocator answered: cannot tell whether any will run '${name}' (allocators run DHT records only from signers in their RegistryKeys)`)
-    else if (survey.trusting === 0) io.err(`hyphae: warning: none of the ${survey.answered} allocators seen runs records signed by ${result.signer}: ${fix}`)
-    else io.err(`hyphae: ${survey.trusting} of the ${survey.answered} allocators seen run records signed by ${result.signer}`)
-    return 0
+    else if (survey.trusting.length === 0) io.err(`hyphae: warning: none of the ${survey.answered} allocators seen runs records signed by ${result.signer}: ${fix}`)
+    else io.err(`hyphae: ${survey.trusting.length} of the ${survey.answered} allocators seen run records signed by ${result.signer}`)
+    if ((result.record.minInstances ?? 0) === 0) return 0
+
+    const { deploy } = await import('./deploy.js')
+    const deployed = await deploy(result.record, { node, log: setup.log, allocators: survey.trusting, progress: line => { io.err(`hyphae: ${line}`) } })
+    if (deployed.up >= deployed.wanted) return 0
+    const why = deployed.refusals.length > 0 ? deployed.refusals.join('; ') : survey.trusting.length === 0 ? 'no allocator seen runs its signer\'s records' : 'time ran out'
+    io.err(`hyphae: error: the record is stored, but only ${deployed.up} of the ${deployed.wanted} instances of '${name}' (minInstances) are up: ${why}`)
+    return 1
   })
 }
 

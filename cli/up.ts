@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import { createServer } from 'node:http'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -18,6 +18,8 @@ import { parseReadyLine, untilReady } from '../shared/ready.js'
 const ALLOCATOR_MAIN = distFile('allocator/main.js')
 const PROXY_MAIN = distFile('proxy/main.js')
 export const HELLO_MAIN = distFile('examples/hello/server.js')
+const TOYSTORE_MAIN = (service: string): string => distFile(`examples/toystore/${service}.js`)
+const EXAMPLES = ['hello', 'toystore'] as const
 
 const DEFAULT_PORT = 1234
 const DEFAULT_IDLE_TIMEOUT_S = 60
@@ -27,6 +29,7 @@ const RUNTIMES = ['process', 'docker'] as const
 const OPTIONS = {
   port: { arg: 'PORT', help: 'client proxy port (0: any free port)', default: DEFAULT_PORT, parse: parsers.port },
   runtime: { arg: 'KIND', help: 'process, or docker (builds a local image of the example)', default: RUNTIMES[0], parse: parsers.oneOf(RUNTIMES) },
+  example: { arg: 'NAME', help: 'hello (one service), or toystore (frontend, catalog and order, calling each other through the mesh)', default: EXAMPLES[0], parse: parsers.oneOf(EXAMPLES) },
   'idle-timeout': { arg: 'SECONDS', help: 'cull an idle instance after this long', default: DEFAULT_IDLE_TIMEOUT_S, parse: parsers.positiveInt },
   // warn whatever $HYPHAE_LOG_LEVEL says: the daemons log to this terminal, around the lines that say what to try.
   'log-level': { ...COMMON_OPTIONS['log-level'], help: `the daemons' log level: ${COMMON_OPTIONS['log-level'].help}`, default: 'warn' as const, defaultText: undefined },
@@ -36,8 +39,8 @@ const OPTIONS = {
 const UP_USAGE = `Usage: hyphae up [OPTIONS]
 
 Runs a whole local mesh on this machine: an allocator (the bootstrap), a client proxy on
-127.0.0.1:PORT and the example service 'hello', started on the first request and culled
-when idle. Ctrl-C stops everything.
+127.0.0.1:PORT and the example service 'hello' (with --example toystore, also the toy store's
+three services), started on the first request and culled when idle. Ctrl-C stops everything.
 
 Options:
 ${optionsHelp(OPTIONS)}`
@@ -135,6 +138,18 @@ function watchNpmParent (env: NodeJS.ProcessEnv, onGone: (why: string) => void):
   return () => { clearInterval(timer) }
 }
 
+/**
+ * The toy store's three tiers: processes, or containers of the example image (which runs the
+ * tier its HYPHAE_SERVICE names). catalog and order each keep their data (stock, order log)
+ * in their service's data dir on the host, so each runs as one instance.
+ */
+function toystoreServices (hello: { image?: string }): Record<string, unknown> {
+  const service = (name: string, extra: Record<string, unknown> = {}): Record<string, unknown> => hello.image != null
+    ? { image: hello.image, port: 8080, health: '/healthz', ...extra }
+    : { command: `"${process.execPath}" "${TOYSTORE_MAIN(name)}"`, health: '/healthz', ...extra }
+  return { frontend: service('frontend'), catalog: service('catalog', { maxInstances: 1 }), order: service('order', { maxInstances: 1 }) }
+}
+
 /** `hyphae up`: the README's "run" command. */
 export async function up (argv: string[], io: Io): Promise<number> {
   const { values, positionals } = parseCommand(argv, OPTIONS)
@@ -143,7 +158,7 @@ export async function up (argv: string[], io: Io): Promise<number> {
     return 0
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}' (see --help)`)
-  const { port, runtime, 'log-level': logLevel } = values
+  const { port, runtime, example, 'log-level': logLevel } = values
   const idleTimeout = String(values['idle-timeout'])
 
   // The mistakes a user makes most with a demo command: one line, exit 2, nothing started.
@@ -165,6 +180,9 @@ export async function up (argv: string[], io: Io): Promise<number> {
     ? { image: await ensureExampleImage(line => { io.err(`hyphae up: ${line}`) }), port: 8080, health: '/healthz' }
     : { command: `"${process.execPath}" "${HELLO_MAIN}"`, health: '/healthz' }
   const dir = await mkdtemp(join(tmpdir(), 'hyphae-up-'))
+  // The allocator's data dir is inside: apps (run as nobody under root) pass through to their
+  // services' data; 0711 lets them, without listing what is here.
+  await chmod(dir, 0o711)
   const configFile = join(dir, 'conf.json')
   // A publisher key the allocator trusts, so records put with it run (no other key's do).
   const publisherKeyFile = join(dir, 'publisher.key')
@@ -172,7 +190,7 @@ export async function up (argv: string[], io: Io): Promise<number> {
   await writeFile(configFile, JSON.stringify({
     Perf: { SoftReq: { RTT: 100 }, HardReq: { RTT: 1000 } },
     Bootstraps: [],
-    Services: { hello },
+    Services: example === 'toystore' ? { hello, ...toystoreServices(hello) } : { hello },
     RegistryKeys: [publisher]
   }, null, 2))
 
@@ -199,8 +217,17 @@ export async function up (argv: string[], io: Io): Promise<number> {
     io.out(`  allocator    ${allocator.ready.peerId}  metrics ${allocator.ready.http}/metrics`)
     io.out(`  client proxy ${proxy.ready.http}`)
     io.out('Try:')
-    io.out(`  curl ${proxy.ready.http}/hello/`)
-    io.out('The first request starts an instance of hello; it is culled after it sits idle. Ctrl-C stops everything.')
+    if (example === 'toystore') {
+      const store = `${proxy.ready.http}/frontend`
+      io.out(`  curl ${store}/products/robot`)
+      io.out(`  curl -X POST -H 'Content-Type: application/json' -d '{"name":"robot","quantity":2}' ${store}/orders`)
+      io.out(`  curl ${store}/orders/1`)
+      io.out(`  node ${distFile('examples/toystore/client.js')} --url ${store} --mode mix --requests 200`)
+      io.out('The first request starts frontend, which starts catalog and order by calling them through its own proxy ($HYPHAE_PROXY). Ctrl-C stops everything.')
+    } else {
+      io.out(`  curl ${proxy.ready.http}/hello/`)
+      io.out('The first request starts an instance of hello; it is culled after it sits idle. Ctrl-C stops everything.')
+    }
     io.out('Publish a service of your own (signed with a key this mesh trusts):')
     io.out(`  hyphae registry put NAME --command 'CMD (listens on $PORT)' --key ${publisherKeyFile} --configfile ${configFile} --bootstrap ${allocator.ready.multiaddrs[0]}`)
   })()

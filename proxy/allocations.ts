@@ -18,7 +18,12 @@ export interface AllocationsInit {
   coldStartTimeoutMs?: number
   /** How long a cold start keeps asking the DHT for allocators when it finds none. */
   discoveryRetryMs?: number
+  /** The allocator of this very node (an allocator's doors for its instances), nearest of all. */
+  local?: LocalAllocator
 }
+
+/** An allocator in this process: asked directly, since a node cannot dial itself. */
+export type LocalAllocator = (service: string, signal: AbortSignal) => Promise<AllocResponse>
 
 /** How long requests wait for an instance to be started. */
 export const DEFAULT_COLD_START_TIMEOUT_MS = 30_000
@@ -67,7 +72,18 @@ export class Allocations {
     const started = performance.now()
     const deadline = AbortSignal.timeout(this.coldStartTimeoutMs)
     try {
+      // This host's own allocator first, without a walk: what it starts is as near as can be.
+      let refusedHere: string | undefined
+      if (this.init.local != null) {
+        try {
+          return await this.requestFrom([{ id: this.init.node.peerId, rttMs: 0 }], record, hardRttMs, deadline)
+        } catch (err) {
+          if (deadline.aborted) throw err
+          refusedHere = (err as Error).message
+        }
+      }
       const allocators = await this.findAllocators(hardRttMs, deadline)
+      if (allocators.length === 0 && refusedHere != null) throw new MeshError(503, 'allocation_failed', `${refusedHere}, and no other allocator is within ${hardRttMs} ms`)
       this.init.log.debug({ service: record.name, allocators: allocators.length, ms: Math.round(performance.now() - started) }, 'cold start: allocators found')
       if (allocators.length === 0) throw new MeshError(503, 'no_allocator', `no instance of '${record.name}' within its hard RTT of ${hardRttMs} ms, and no allocator within it to start one`)
       const instance = await this.requestFrom(allocators, record, hardRttMs, deadline)
@@ -102,7 +118,10 @@ export class Allocations {
   private async requestFrom (allocators: Candidate[], record: ServiceRecord, hardRttMs: number, deadline: AbortSignal): Promise<Candidate> {
     const { node, finder, log } = this.init
     const { accepted, refusals } = await requestFirst(allocators, record.name, {
-      request: async (allocator, service, signal) => await requestAllocation(node, allocator, service, signal),
+      request: async (allocator, service, signal) => {
+        const { local } = this.init
+        return local != null && allocator.equals(node.peerId) ? await local(service, signal) : await requestAllocation(node, allocator, service, signal)
+      },
       signal: deadline,
       onRefused: (allocator, code, message) => { log.info({ service: record.name, allocator: allocator.toString(), code, err: message }, 'allocator refused') },
       accept: async instance => {

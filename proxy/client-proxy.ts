@@ -3,8 +3,8 @@ import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import { PeerFinder } from '../shared/peer-finder.js'
 import type { RecordSource } from '../shared/registry/registry.js'
-import { Allocations } from './allocations.js'
-import { Ingress } from './ingress.js'
+import { Allocations, type LocalAllocator } from './allocations.js'
+import { Ingress, type IngressInit } from './ingress.js'
 import { MeshAgents } from './mesh-agents.js'
 import { LEVELS, type RttLimits } from './peer-cache.js'
 import { RetryBudget } from './retry-budget.js'
@@ -18,14 +18,23 @@ export interface ClientProxyInit {
   metrics: MetricsRegistry
   /** The config's Perf defaults, for records that name no RTTs. */
   defaults: RttLimits
-  /** HTTP ingress port on 127.0.0.1 (0: any free port). */
-  port: number
+  /** HTTP ingress port on 127.0.0.1 (0: any free port); none: only doors opened later. */
+  port?: number
   finder?: PeerFinder
   responseTimeoutMs?: number
   /** One libp2p stream per request instead of pooled keep-alive streams. */
   streamPerRequest?: boolean
   /** How long requests wait for a cold start before a 504. */
   coldStartTimeoutMs?: number
+  /** This node's own allocator, asked in-process: a node cannot dial itself. */
+  localAllocator?: LocalAllocator
+}
+
+/** A door of an instance: its own ingress, whose requests count as that instance's outbound traffic. */
+export interface IngressDoor {
+  host: string
+  port: number
+  close: () => Promise<void>
 }
 
 /**
@@ -34,13 +43,16 @@ export interface ClientProxyInit {
  */
 export class ClientProxy {
   private readonly agents: MeshAgents
-  private readonly ingress: Ingress
+  private readonly ingress?: Ingress
   private readonly router: Router
+  private readonly doors = new Set<Ingress>()
+  private readonly ingressInit: Omit<IngressInit, 'port'>
   private port = 0
 
   constructor (init: ClientProxyInit) {
     const registers = [init.metrics]
-    const requests = new Counter({ name: 'hyphae_proxy_requests_total', help: 'Requests sent into the mesh, by service and status', labelNames: ['service', 'status'], registers })
+    // `from`: the calling service, on an allocator's doors for its instances (bounded by the records it runs).
+    const requests = new Counter({ name: 'hyphae_proxy_requests_total', help: 'Requests sent into the mesh, by service and status (and calling service, from an instance)', labelNames: ['service', 'status', 'from'], registers })
     const latency = new Histogram({
       name: 'hyphae_proxy_request_duration_seconds',
       help: 'Time from request to complete response through the mesh, by service and status',
@@ -60,7 +72,7 @@ export class ClientProxy {
     const finder = init.finder ?? new PeerFinder({ node: init.node, log: init.log })
     const router = new Router({
       finder,
-      allocations: new Allocations({ node: init.node, finder, log: init.log, coldStartTimeoutMs: init.coldStartTimeoutMs }),
+      allocations: new Allocations({ node: init.node, finder, log: init.log, coldStartTimeoutMs: init.coldStartTimeoutMs, local: init.localAllocator }),
       defaults: init.defaults,
       log: init.log,
       onPeerGone: (peer, options) => { agents.drop(peer, options) }
@@ -77,21 +89,22 @@ export class ClientProxy {
         }
       }
     })
-    this.ingress = new Ingress({
-      port: init.port,
+    this.ingressInit = {
       registry: init.registry,
       router,
       agents,
       log: init.log,
       responseTimeoutMs: init.responseTimeoutMs,
       retryBudget: new RetryBudget(),
-      observe: (service, status, startedAt, retried) => {
-        requests.inc({ service, status })
+      observe: (service, status, startedAt, retried, from) => {
+        const labels = from != null ? { service, status, from } : { service, status }
+        requests.inc(labels)
         latency.observe({ service, status }, (performance.now() - startedAt) / 1000)
         if (retried) retries.inc({ service })
       },
       observePick: (service, rttMs) => { chosenRtt.observe({ service }, rttMs) }
-    })
+    }
+    if (init.port != null) this.ingress = new Ingress({ ...this.ingressInit, port: init.port })
     this.agents = agents
     this.router = router
   }
@@ -103,11 +116,31 @@ export class ClientProxy {
 
   async start (): Promise<void> {
     this.router.start()
-    this.port = await this.ingress.start()
+    if (this.ingress != null) this.port = await this.ingress.start()
+  }
+
+  /**
+   * An ingress of its own for one instance (its `HYPHAE_PROXY`), sharing this proxy's routing:
+   * on 127.0.0.1 for a process, on the container network's gateway for a container (then
+   * `admit` lets in only that container's address).
+   */
+  async openDoor (from: string, host: string, admit?: (remoteAddress: string) => boolean): Promise<IngressDoor> {
+    const door = new Ingress({ ...this.ingressInit, port: 0, host, admit, from })
+    const port = await door.start()
+    this.doors.add(door)
+    return {
+      host,
+      port,
+      close: async () => {
+        this.doors.delete(door)
+        await door.stop()
+      }
+    }
   }
 
   async stop (): Promise<void> {
-    await this.ingress.stop()
+    await Promise.all([this.ingress, ...this.doors].map(async ingress => await ingress?.stop()))
+    this.doors.clear()
     this.router.stop()
     this.agents.stop()
   }

@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
+import type { Socket } from 'node:net'
 import { MeshError } from '../shared/errors.js'
-import { listenOnLoopback } from '../shared/listen.js'
+import { listenOn, listenOnLoopback } from '../shared/listen.js'
 import type { Logger } from '../shared/log.js'
 import { SERVICE_NAME } from '../shared/registry/record.js'
 import type { RecordSource } from '../shared/registry/registry.js'
@@ -20,7 +21,7 @@ export const UNKNOWN_SERVICE = 'unknown'
 export const CLIENT_CLOSED = 499
 
 export interface RequestObserver {
-  (service: string, status: number, startedAt: number, retried: boolean): void
+  (service: string, status: number, startedAt: number, retried: boolean, from?: string): void
 }
 
 export interface PickObserver {
@@ -29,6 +30,15 @@ export interface PickObserver {
 
 export interface IngressInit {
   port: number
+  /**
+   * Where to listen: 127.0.0.1 unless a container's sidecar door, which must listen on the
+   * container network's gateway and then admits only that container's address.
+   */
+  host?: string
+  /** Whether a connection from this remote address may send; default: any (loopback only). */
+  admit?: (remoteAddress: string) => boolean
+  /** The service whose instance sends through this ingress, for metrics. */
+  from?: string
   registry: RecordSource
   router: Router
   agents: MeshAgents
@@ -87,10 +97,19 @@ export class Ingress {
     this.server.on('request', this.onRequest)
     this.server.on('checkContinue', this.onRequest)
     this.server.on('clientError', answerClientError)
+    const admit = init.admit
+    if (admit != null) {
+      this.server.on('connection', (socket: Socket) => {
+        if (!admit(socket.remoteAddress ?? '')) socket.destroy()
+      })
+    }
   }
 
   async start (): Promise<number> {
-    return await listenOnLoopback(this.server, this.init.port)
+    const host = this.init.host ?? '127.0.0.1'
+    if (host === '127.0.0.1') return await listenOnLoopback(this.server, this.init.port)
+    if (this.init.admit == null) throw new Error(`an ingress on ${host} must admit only its own clients`)
+    return await listenOn(this.server, host, this.init.port)
   }
 
   async stop (): Promise<void> {
@@ -103,7 +122,7 @@ export class Ingress {
   private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
     const startedAt = performance.now()
     this.handle(req, res).then(({ service, status, retried }) => {
-      this.init.observe?.(service, status, startedAt, retried)
+      this.init.observe?.(service, status, startedAt, retried, this.init.from)
     }, (err: Error) => {
       this.init.log.error({ err }, 'request handling failed')
       sendError(res, 500, 'internal', 'internal proxy error')

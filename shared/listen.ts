@@ -49,13 +49,21 @@ export class PortUnavailableError extends UsageError {
  * the message when the port is in use.
  */
 export async function listenOnLoopback (server: Server, port: number, flag?: string): Promise<number> {
+  return await listenOn(server, '127.0.0.1', port, flag)
+}
+
+/**
+ * Binds an HTTP server to one address. Anything but 127.0.0.1 is for a container's sidecar
+ * door on the container network's gateway, which admits only that container.
+ */
+export async function listenOn (server: Server, host: string, port: number, flag?: string): Promise<number> {
   await new Promise<void>((resolve, reject) => {
     const onError = (err: Error): void => {
       const code = userBindErrorCode(err)
-      reject(code != null ? new PortUnavailableError(port, code, flag) : err)
+      reject(code != null && host === '127.0.0.1' ? new PortUnavailableError(port, code, flag) : err)
     }
     server.once('error', onError)
-    server.listen(port, '127.0.0.1', () => {
+    server.listen(port, host, () => {
       server.off('error', onError)
       resolve()
     })

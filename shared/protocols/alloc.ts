@@ -19,8 +19,17 @@ export type AllocResponse =
   | { ok: true, instance: AllocInstance }
   | { ok: false, error: { code: AllocationErrorCode, message: string } }
 
-/** Parses and checks a request frame; the only field is the service's name. */
-export function parseAllocRequest (bytes: Uint8Array): { service: string } {
+export interface AllocRequest {
+  service: string
+  /**
+   * Run at least this seq of the record: a publisher deploying what it just stored makes the
+   * allocator look past a record (or an absence) it cached before the put.
+   */
+  minSeq?: number
+}
+
+/** Parses and checks a request frame: the service's name, and optionally minSeq. */
+export function parseAllocRequest (bytes: Uint8Array): AllocRequest {
   let json: unknown
   try {
     json = JSON.parse(new TextDecoder('utf-8', { fatal: true }).decode(bytes))
@@ -28,11 +37,12 @@ export function parseAllocRequest (bytes: Uint8Array): { service: string } {
     throw new AllocationError('bad_request', 'the request is not UTF-8 JSON')
   }
   if (json === null || typeof json !== 'object' || Array.isArray(json)) throw new AllocationError('bad_request', 'the request must be a JSON object')
-  const keys = Object.keys(json)
-  const service = (json as { service?: unknown }).service
-  if (keys.length !== 1 || typeof service !== 'string') throw new AllocationError('bad_request', 'the request must be {"service": NAME} and nothing else')
+  const { service, minSeq, ...rest } = json as { service?: unknown, minSeq?: unknown }
+  if (typeof service !== 'string' || Object.keys(rest).length > 0) throw new AllocationError('bad_request', 'the request must be {"service": NAME} (and optionally "minSeq": N) and nothing else')
   if (!SERVICE_NAME.test(service)) throw new AllocationError('bad_request', 'invalid service name')
-  return { service }
+  if (minSeq === undefined) return { service }
+  if (typeof minSeq !== 'number' || !Number.isSafeInteger(minSeq) || minSeq < 0) throw new AllocationError('bad_request', 'minSeq must be a non-negative integer')
+  return { service, minSeq }
 }
 
 const encoder = new TextEncoder()
@@ -42,13 +52,13 @@ const encoder = new TextEncoder()
  * Garbage, an oversized frame or a slow sender get a coded error (or a closed stream);
  * nothing a peer sends can throw out of here.
  */
-export async function serveAllocStream (stream: Stream, allocate: (service: string, signal: AbortSignal) => Promise<AllocInstance>, options: { readTimeoutMs?: number, allocateTimeoutMs: number }): Promise<AllocResponse> {
+export async function serveAllocStream (stream: Stream, allocate: (request: AllocRequest, signal: AbortSignal) => Promise<AllocInstance>, options: { readTimeoutMs?: number, allocateTimeoutMs: number }): Promise<AllocResponse> {
   const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
   let response: AllocResponse
   try {
     const frame = await lp.read({ signal: AbortSignal.timeout(options.readTimeoutMs ?? 5000) })
-    const { service } = parseAllocRequest(frame.subarray())
-    const instance = await allocate(service, AbortSignal.timeout(options.allocateTimeoutMs))
+    const request = parseAllocRequest(frame.subarray())
+    const instance = await allocate(request, AbortSignal.timeout(options.allocateTimeoutMs))
     response = { ok: true, instance }
   } catch (err) {
     response = { ok: false, error: toWireError(err) }
@@ -74,11 +84,12 @@ function toWireError (err: unknown): { code: AllocationErrorCode, message: strin
 }
 
 /** Asks an allocator for an instance of SERVICE; resolves with its answer. */
-export async function requestAllocation (node: MeshNode, allocator: PeerId | Multiaddr, service: string, signal: AbortSignal): Promise<AllocResponse> {
+export async function requestAllocation (node: MeshNode, allocator: PeerId | Multiaddr, service: string, signal: AbortSignal, options: { minSeq?: number } = {}): Promise<AllocResponse> {
   const stream = await node.dialProtocol(allocator, ALLOC_PROTOCOL, { signal })
   try {
     const lp = lpStream(stream, { maxDataLength: MAX_FRAME_BYTES })
-    await lp.write(encoder.encode(JSON.stringify({ service })), { signal })
+    const request: AllocRequest = options.minSeq != null ? { service, minSeq: options.minSeq } : { service }
+    await lp.write(encoder.encode(JSON.stringify(request)), { signal })
     const frame = await lp.read({ signal })
     const answer = JSON.parse(new TextDecoder().decode(frame.subarray())) as AllocResponse
     await stream.close({ signal }).catch(() => {})

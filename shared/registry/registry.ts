@@ -26,7 +26,7 @@ export interface RecordSource {
 
 /** A RecordSource that also tells where each record came from, for the allocator's trust rule. */
 export interface OriginRecordSource extends RecordSource {
-  resolveWithOrigin: (name: string, options?: { signal?: AbortSignal }) => Promise<ResolvedRecord | undefined>
+  resolveWithOrigin: (name: string, options?: { signal?: AbortSignal, minSeq?: number }) => Promise<ResolvedRecord | undefined>
 }
 
 export interface RegistryInit {
@@ -151,7 +151,7 @@ export class Registry implements OriginRecordSource {
   }
 
   /** The record for NAME and where it came from (static, or the DHT and its signer). */
-  async resolveWithOrigin (name: string, options: { signal?: AbortSignal } = {}): Promise<ResolvedRecord | undefined> {
+  async resolveWithOrigin (name: string, options: { signal?: AbortSignal, minSeq?: number } = {}): Promise<ResolvedRecord | undefined> {
     this.running()
     if (!SERVICE_NAME.test(name)) return undefined
     const pinned = this.staticRecords.get(name)
@@ -160,6 +160,13 @@ export class Registry implements OriginRecordSource {
     // Kept alive in the DHT while in use; a made-up name leaves only a bounded cache entry.
     this.republisher.used(name, now)
     const hit = this.cache.get(name)
+    // Older than the caller knows exists (a deploy right after its put): ask the DHT now.
+    const stale = options.minSeq != null && (hit?.resolved?.record.seq ?? -1) < options.minSeq
+    if (stale) {
+      const entry = await raceSignal(this.refresh(name), options.signal)
+      if (entry.resolved != null) this.republisher.used(name, this.clock())
+      return entry.resolved
+    }
     if (hit != null && hit.expiresAt > now) return hit.resolved
     const lookup = this.refresh(name)
     // Stale while revalidate: a record we already have is served at once while the DHT is

@@ -1,6 +1,6 @@
 import { execFileSync } from 'node:child_process'
 import { existsSync, readFileSync, statSync } from 'node:fs'
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
@@ -41,6 +41,7 @@ async function specFor (command: string, extra: Partial<ServiceRecordInput> = {}
 
 describe('process runtime', () => {
   let workRoot: string
+  let dataRoot: string
   let runtime: ProcessRuntime
   const started: RuntimeInstance[] = []
   let dir: string
@@ -56,12 +57,17 @@ describe('process runtime', () => {
     dir = await appScratchDir('hyphae-proc-')
     // Made by root, 0700: the runtime must open it up (0711) for the apps to reach their directories.
     workRoot = await mkdtemp(join(tmpdir(), 'hyphae-work-'))
-    runtime = new ProcessRuntime({ log: testLogger(), env: { ...process.env, P2P_PSK: 'do-not-leak' }, workRoot })
+    // As an allocator's --data-dir is (0711): apps pass through it to their service's data.
+    const dataDir = await mkdtemp(join(tmpdir(), 'hyphae-data-'))
+    await chmod(dataDir, 0o711)
+    dataRoot = join(dataDir, 'services')
+    runtime = new ProcessRuntime({ log: testLogger(), env: { ...process.env, P2P_PSK: 'do-not-leak' }, workRoot, dataRoot })
   })
   afterEach(async () => { await Promise.all(started.splice(0).map(async i => { await runtime.stop(i, { graceMs: 500 }) })) })
   afterAll(async () => {
     await rm(dir, { recursive: true, force: true })
     await rm(workRoot, { recursive: true, force: true })
+    await rm(join(dataRoot, '..'), { recursive: true, force: true })
   })
 
   it('runs the example app on the host port it was given, and stop() ends it', async () => {
@@ -135,6 +141,28 @@ describe('process runtime', () => {
     const instance = await start(spec)
     const line = await waitFor(() => instance.recentOutput().find(l => l.startsWith('port=')), 'the env line')
     expect(line).toBe(`port=${spec.hostPort} greeting=hi psk=none`)
+  })
+
+  it('tells the app its service, its door into the mesh and a data dir of its service that the next instance finds; the record env moves none', async () => {
+    const overridden = { HYPHAE_PROXY: 'http://evil:1', HYPHAE_DATA_DIR: '/etc', HYPHAE_SERVICE: 'other', PROXY_PORT: '1' }
+    const script = 'echo "service=$HYPHAE_SERVICE proxy=$HYPHAE_PROXY ip=$PROXY_IP port=$PROXY_PORT data=$HYPHAE_DATA_DIR found=$(cat $HYPHAE_DATA_DIR/note 2>/dev/null)"; echo kept > $HYPHAE_DATA_DIR/note; exec sleep 1000'
+    const first = await specFor(script, { env: overridden })
+    first.proxy = { host: '127.0.0.1', port: 4321, admit: () => {} }
+    const instance = await start(first)
+    const line = await waitFor(() => instance.recentOutput().find(l => l.startsWith('service=')), 'the env line')
+    const dataDir = join(dataRoot, 'hello')
+    expect(line).toBe(`service=hello proxy=http://127.0.0.1:4321 ip=127.0.0.1 port=4321 data=${dataDir} found=`)
+    const info = await stat(dataDir)
+    expect(info.mode & 0o777).toBe(0o700)
+    expect(info.uid).toBe(expectedAppUser().uid)
+    expect((await stat(dataRoot)).mode & 0o777).toBe(0o711)
+    await waitFor(async () => await stat(join(dataDir, 'note')).catch(() => undefined), 'the note the app writes')
+    await runtime.stop(instance, { graceMs: 500 })
+
+    // The next instance of the service (a relaunch, or a later allocation) finds what it wrote.
+    const next = await start(await specFor(script))
+    const again = await waitFor(() => next.recentOutput().find(l => l.startsWith('service=')), 'the next env line')
+    expect(again).toBe(`service=hello proxy= ip= port= data=${dataDir} found=kept`)
   })
 
   it('finds and kills the process groups an earlier run of the same allocator left', async () => {

@@ -26,6 +26,7 @@ class RecordingRuntime implements Runtime {
   async stop (instance: RuntimeInstance, options?: { graceMs?: number }): Promise<void> { await this.inner.stop(instance, options) }
   async removeOrphans (allocatorPeerId: string): Promise<number> { return await this.inner.removeOrphans(allocatorPeerId) }
   async available (): Promise<boolean> { return await this.inner.available() }
+  async proxyHost (): Promise<string> { return await this.inner.proxyHost() }
   get pids (): number[] { return this.started.map(i => Number(i.id)) }
 }
 

@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { chmod, mkdtemp, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { LevelDatastore } from 'datastore-level'
@@ -22,6 +22,8 @@ describe('allocator --data-dir', () => {
 
   beforeAll(async () => {
     scratch = await mkdtemp(join(tmpdir(), 'hyphae-data-dir-'))
+    // Apps (nobody, under root) pass through it to their services' data in the data dir.
+    await chmod(scratch, 0o711)
     // Not there yet: the allocator creates it.
     dataDir = join(scratch, 'state', 'allocator')
     publisherKey = join(scratch, 'publisher.key')
@@ -44,7 +46,8 @@ describe('allocator --data-dir', () => {
   it('keeps a published record and its peer ID across a SIGKILL, with no one re-publishing', async () => {
     allocator = await startDaemon('hyphae-allocator', allocatorArgs(dataDir))
     const peerId = allocator.ready.peerId
-    expect((await stat(dataDir)).mode & 0o777).toBe(0o700)
+    expect((await stat(dataDir)).mode & 0o777).toBe(0o711)
+    expect((await stat(join(dataDir, 'datastore'))).mode & 0o777).toBe(0o700)
     expect((await stat(join(dataDir, 'key'))).mode & 0o777).toBe(0o600)
 
     const put = await runCli('hyphae', ['registry', 'put', 'durable', '--command', command, '--health', '/healthz', '--key', publisherKey, '--configfile', config.file, '--bootstrap', allocator.ready.multiaddrs[0]])
@@ -117,12 +120,12 @@ describe('allocator --data-dir', () => {
     }
   })
 
-  it('without --data-dir uses $XDG_STATE_HOME/hyphae/allocator, created 0700, its key 0600', async () => {
+  it('without --data-dir uses $XDG_STATE_HOME/hyphae/allocator, created 0711, its key 0600', async () => {
     const state = join(scratch, 'xdg-state')
     const daemon = await startDaemon('hyphae-allocator', ['--configfile', config.file, '--runtime', 'process', '--metrics', '0'], { env: { XDG_STATE_HOME: state } })
     try {
       const dir = join(state, 'hyphae', 'allocator')
-      expect((await stat(dir)).mode & 0o777).toBe(0o700)
+      expect((await stat(dir)).mode & 0o777).toBe(0o711)
       expect((await stat(join(dir, 'key'))).mode & 0o777).toBe(0o600)
       expect(existsSync(join(dir, 'datastore', 'CURRENT'))).toBe(true)
     } finally {

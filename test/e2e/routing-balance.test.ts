@@ -109,6 +109,10 @@ describe('balancing and failover', () => {
     const result = await load.done
     // The errors themselves, so a run that needed the retry still says what failed.
     console.log(`rolling restart under load: ${result.errors.length} failed, statuses ${JSON.stringify(Object.fromEntries(result.statuses))}, errors ${JSON.stringify(result.errors)}`)
+    if (result.errors.length > 0) {
+      console.log(`client proxy log:\n${client.stderr.split('\n').slice(-60).join('\n')}`)
+      for (const instance of old) console.log(`${instance.name}'s proxy log:\n${instance.proxy.stderr.split('\n').slice(-30).join('\n')}`)
+    }
     expect(result.errors).toEqual([])
     expect(result.statuses.get(200)).toBe(3000)
   })

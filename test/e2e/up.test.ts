@@ -66,6 +66,25 @@ describe('hyphae up', () => {
     await waitFor(() => processes.every(pid => !isAlive(pid)), 'every process of the mesh gone', 10_000)
   })
 
+  it('runs the toy store with --example toystore: the printed lines query, order and look the order up', async () => {
+    const port = await freePort()
+    const up = await startProcess(binPath('hyphae'), ['up', '--port', String(port), '--example', 'toystore'], {
+      timeoutMs: 30_000,
+      isReady: line => /^\s+curl (\S+)/.exec(line)?.[1]
+    })
+    const store = `http://127.0.0.1:${port}/frontend`
+    expect(up.ready).toBe(`${store}/products/robot`)
+    const printed = await up.waitForStdout(/^\s+curl -X POST/)
+    expect(printed).toContain(`${store}/orders`)
+    expect((await http(up.ready)).status).toBe(200)
+    const order = await http(`${store}/orders`, { method: 'POST', body: '{"name":"kite","quantity":2}', headers: { 'content-type': 'application/json' } })
+    expect(order.status, order.body.toString()).toBe(201)
+    const { order_number: number } = (JSON.parse(order.body.toString()) as { data: { order_number: number } }).data
+    const looked = await http(`${store}/orders/${number}`)
+    expect(JSON.parse(looked.body.toString())).toMatchObject({ data: { order_number: number, name: 'kite', quantity: 2, price: 12 } })
+    expect(await up.stop('SIGINT')).toBe(0)
+  })
+
   it('leaves nothing running when it is SIGKILLed', async () => {
     const port = await freePort()
     const up = await startProcess(binPath('hyphae'), ['up', '--port', String(port)], {

@@ -2,7 +2,7 @@ import type { Stream } from '@libp2p/interface'
 import { lpStream } from '@libp2p/utils'
 import fc from 'fast-check'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ALLOC_PROTOCOL, MAX_FRAME_BYTES, parseAllocRequest, requestAllocation, serveAllocStream, type AllocInstance, type AllocResponse } from '../../shared/protocols/alloc.js'
+import { ALLOC_PROTOCOL, MAX_FRAME_BYTES, parseAllocRequest, requestAllocation, serveAllocStream, type AllocInstance, type AllocRequest, type AllocResponse } from '../../shared/protocols/alloc.js'
 import { AllocationError, type AllocationErrorCode } from '../../shared/protocols/alloc-errors.js'
 import type { MeshNode } from '../../shared/node.js'
 import { SERVICE_NAME } from '../../shared/registry/record.js'
@@ -36,7 +36,7 @@ function stubAnswer (service: string): AllocResponse {
   }
 }
 
-async function stubAllocate (service: string, signal: AbortSignal): Promise<AllocInstance> {
+async function stubAllocate ({ service }: AllocRequest, signal: AbortSignal): Promise<AllocInstance> {
   switch (service) {
     case 'cap': throw new AllocationError('capacity', 'no room')
     case 'boom': throw new Error('boom')
@@ -80,6 +80,7 @@ const serviceNameArb = fc.oneof(
 /** Request payloads: mostly JSON, some near misses, some bytes that are not UTF-8 at all. */
 const payloadArb: fc.Arbitrary<Uint8Array> = fc.oneof(
   { weight: 6, arbitrary: serviceNameArb.map(service => bytesOf(JSON.stringify({ service }))) },
+  { weight: 1, arbitrary: fc.tuple(serviceNameArb, fc.oneof(fc.nat(), fc.integer(), fc.double(), fc.jsonValue({ maxDepth: 1 }))).map(([service, minSeq]) => bytesOf(JSON.stringify({ service, minSeq }))) },
   { weight: 1, arbitrary: fc.jsonValue().map(value => bytesOf(JSON.stringify(value) ?? 'null')) },
   { weight: 1, arbitrary: fc.tuple(serviceNameArb, fc.dictionary(fc.string({ maxLength: 10 }), fc.jsonValue({ maxDepth: 2 }), { maxKeys: 3 })).map(([service, extra]) => bytesOf(JSON.stringify({ ...extra, service }))) },
   { weight: 1, arbitrary: fc.jsonValue({ maxDepth: 3 }).map(service => bytesOf(JSON.stringify({ service }))) },
@@ -214,14 +215,15 @@ describe('fuzz: parseAllocRequest (pure)', () => {
           if (typeof err.message !== 'string' || err.message === '') return fail('an AllocationError without a message', 'no message')
           return ok('bad_request')
         }
-        const keys = result !== null && typeof result === 'object' ? Object.keys(result) : []
-        const service = (result as { service?: unknown }).service
-        if (keys.length !== 1 || keys[0] !== 'service' || typeof service !== 'string' || !SERVICE_NAME.test(service)) {
+        const keys = result !== null && typeof result === 'object' ? Object.keys(result).sort() : []
+        const { service, minSeq } = result as { service?: unknown, minSeq?: unknown }
+        const validSeq = minSeq === undefined || (typeof minSeq === 'number' && Number.isSafeInteger(minSeq) && minSeq >= 0)
+        if (!(keys.join() === 'service' || keys.join() === 'minSeq,service') || typeof service !== 'string' || !SERVICE_NAME.test(service) || !validSeq) {
           return fail(`returned ${JSON.stringify(result)}`, 'returned something that is not a valid request')
         }
-        // It is what was sent: the bytes are JSON whose only field is this name.
-        const sent = JSON.parse(new TextDecoder().decode(bytes)) as { service?: unknown }
-        if (sent.service !== service) return fail(`returned ${service} for ${JSON.stringify(sent)}`, 'returned another name')
+        // It is what was sent: the bytes are JSON whose only fields are these.
+        const sent = JSON.parse(new TextDecoder().decode(bytes)) as { service?: unknown, minSeq?: unknown }
+        if (sent.service !== service || sent.minSeq !== minSeq) return fail(`returned ${JSON.stringify(result)} for ${JSON.stringify(sent)}`, 'returned another request')
         return ok('valid')
       },
       rss: settledRss,

@@ -20,6 +20,8 @@ export interface SpawnOptions {
   /** How long to wait for readiness (or, for runCli, for the exit). Default 20 s. */
   timeoutMs?: number
   cwd?: string
+  /** Runs it inside this network namespace (a host of test/helpers/netns.ts). */
+  netns?: string
 }
 
 export interface StartedProcess<R> {
@@ -97,6 +99,11 @@ process.once('exit', () => {
   }
 })
 
+/** `node script args…`, inside a network namespace if one is named (`ip netns exec` execs it: the PID is node's). */
+function nodeCommand (script: string, args: string[], netns?: string): [string, string[]] {
+  return netns != null ? ['ip', ['netns', 'exec', netns, process.execPath, script, ...args]] : [process.execPath, [script, ...args]]
+}
+
 /** Starts a hyphae daemon from dist/ and resolves once it printed `ready <json>`. */
 export async function startDaemon (bin: BinName, givenArgs: string[], opts: SpawnOptions = {}): Promise<Daemon> {
   const { args, cleanup } = withDataDir(bin, givenArgs, opts)
@@ -118,7 +125,8 @@ export interface StartProcessOptions<R> extends SpawnOptions {
 export async function startProcess<R> (script: string, args: string[], opts: StartProcessOptions<R>): Promise<StartedProcess<R>> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
   // Its own process group, so that the SIGKILL fallback also takes whatever it started.
-  const proc = spawn(process.execPath, [script, ...args], {
+  const [command, argv] = nodeCommand(script, args, opts.netns)
+  const proc = spawn(command, argv, {
     cwd: opts.cwd ?? REPO_ROOT,
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -206,7 +214,8 @@ export async function startProcess<R> (script: string, args: string[], opts: Sta
 export async function runCli (bin: BinName, givenArgs: string[], opts: SpawnOptions & { input?: string } = {}): Promise<CliResult> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
   const { args, cleanup } = withDataDir(bin, givenArgs, opts)
-  const proc = spawn(process.execPath, [binPath(bin), ...args], {
+  const [command, argv] = nodeCommand(binPath(bin), args, opts.netns)
+  const proc = spawn(command, argv, {
     cwd: opts.cwd ?? REPO_ROOT,
     env: { ...process.env, ...opts.env },
     stdio: ['pipe', 'pipe', 'pipe'],

@@ -19,18 +19,21 @@ describe('allocator data dir', () => {
     return dir
   }
 
-  it('defaults to $XDG_STATE_HOME/hyphae/allocator, else ~/.local/state/hyphae/allocator', () => {
-    expect(defaultDataDir({ XDG_STATE_HOME: '/var/state', HOME: '/home/u' })).toBe('/var/state/hyphae/allocator')
-    expect(defaultDataDir({ HOME: '/home/u' })).toBe('/home/u/.local/state/hyphae/allocator')
+  it('defaults to $XDG_STATE_HOME/hyphae/allocator, else /var/lib/hyphae/allocator for root, else ~/.local/state/hyphae/allocator', () => {
+    expect(defaultDataDir({ XDG_STATE_HOME: '/var/state', HOME: '/home/u' }, 1000)).toBe('/var/state/hyphae/allocator')
+    expect(defaultDataDir({ XDG_STATE_HOME: '/var/state', HOME: '/root' }, 0)).toBe('/var/state/hyphae/allocator')
+    expect(defaultDataDir({ HOME: '/home/u' }, 1000)).toBe('/home/u/.local/state/hyphae/allocator')
+    expect(defaultDataDir({ HOME: '/root' }, 0)).toBe('/var/lib/hyphae/allocator')
     // A relative XDG_STATE_HOME is invalid (XDG base directory spec) and ignored.
-    expect(defaultDataDir({ XDG_STATE_HOME: 'state', HOME: '/home/u' })).toBe('/home/u/.local/state/hyphae/allocator')
-    expect(defaultDataDir({})).toBe(join(homedir(), '.local/state/hyphae/allocator'))
+    expect(defaultDataDir({ XDG_STATE_HOME: 'state', HOME: '/home/u' }, 1000)).toBe('/home/u/.local/state/hyphae/allocator')
+    expect(defaultDataDir({}, 1000)).toBe(join(homedir(), '.local/state/hyphae/allocator'))
   })
 
-  it('creates the dir 0700 and keeps what is put in its datastore across a close and a reopen', async () => {
+  it('creates the dir 0711 (its datastore 0700) and keeps what is put in its datastore across a close and a reopen', async () => {
     const dir = join(await tempDir(), 'a', 'b')
     const first = await openDataDir(dir)
-    expect((await stat(dir)).mode & 0o777).toBe(0o700)
+    expect((await stat(dir)).mode & 0o777).toBe(0o711)
+    expect((await stat(join(dir, 'datastore'))).mode & 0o777).toBe(0o700)
     expect(first.keyFile).toBe(join(dir, 'key'))
     await first.datastore.db.put('/dht/record/abc', Uint8Array.from([1, 2, 3]))
     await first.datastore.close()
