@@ -53,21 +53,24 @@ export class InstanceDirs {
     return dirname(dir) === this.root
   }
 
-  /**
-   * Creates the root, and makes sure nobody else controls it: it is in a shared place (/tmp)
-   * by default, where another user could have made it first.
-   */
   private async prepareRoot (): Promise<void> {
-    const root = this.root
-    await mkdir(root, { recursive: true, mode: 0o711 })
-    const info = await lstat(root)
-    if (!info.isDirectory()) throw new Error(`the instances' working directory root ${root} is not a directory`)
-    if (this.selfUid >= 0 && info.uid !== this.selfUid) {
-      throw new Error(`the instances' working directory root ${root} belongs to uid ${info.uid}, not to this allocator (uid ${this.selfUid})`)
-    }
-    // Apps reach their own directory (x) but cannot list or create entries.
-    if ((info.mode & 0o777) !== 0o711) await chmod(root, 0o711)
+    await prepareAppsRoot(this.root, this.selfUid, 'the instances\' working directory root')
   }
+}
+
+/**
+ * Creates ROOT (0711) where apps get directories of their own, and makes sure nobody else
+ * controls it: it may be in a shared place (/tmp), where another user could have made it
+ * first. Apps reach their own directory (x) but cannot list or create entries.
+ */
+export async function prepareAppsRoot (root: string, selfUid: number, what: string): Promise<void> {
+  await mkdir(root, { recursive: true, mode: 0o711 })
+  const info = await lstat(root)
+  if (!info.isDirectory()) throw new Error(`${what} ${root} is not a directory`)
+  if (selfUid >= 0 && info.uid !== selfUid) {
+    throw new Error(`${what} ${root} belongs to uid ${info.uid}, not to this allocator (uid ${selfUid})`)
+  }
+  if ((info.mode & 0o777) !== 0o711) await chmod(root, 0o711)
 }
 
 /** Never throws: a directory left behind is logged, not a reason for a stop to fail. */

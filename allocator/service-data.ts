@@ -1,9 +1,10 @@
-import { chmod, chown, lstat, mkdir, stat } from 'node:fs/promises'
+import { chown, lstat, mkdir, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { SERVICE_NAME } from '../shared/registry/record.js'
 import type { AppUser } from './app-user.js'
+import { prepareAppsRoot } from './instance-dir.js'
 
 /**
  * Each service's data directory on this host, `<root>/<service>` (`HYPHAE_DATA_DIR`): unlike
@@ -45,13 +46,7 @@ export class ServiceDataDirs {
 
   private async prepareRoot (user: AppUser): Promise<void> {
     const root = this.root
-    await mkdir(root, { recursive: true, mode: 0o711 })
-    const info = await lstat(root)
-    if (!info.isDirectory()) throw new Error(`the services' data root ${root} is not a directory`)
-    if (this.selfUid >= 0 && info.uid !== this.selfUid) {
-      throw new Error(`the services' data root ${root} belongs to uid ${info.uid}, not to this allocator (uid ${this.selfUid})`)
-    }
-    if ((info.mode & 0o777) !== 0o711) await chmod(root, 0o711)
+    await prepareAppsRoot(root, this.selfUid, 'the services\' data root')
     // An allocator running as root keeps its data dir in root's home by default, which apps
     // running as nobody cannot enter: say so now, not as an app's EACCES.
     const blocked = await firstUntraversable(dirname(root), user)

@@ -85,7 +85,10 @@ export function listenFailure (err: unknown): UsageError | undefined {
 export function printReady (info: { peerId: string, multiaddrs: string[], http?: string } & Record<string, unknown>): void {
   // Whoever started us may stop reading stdout (or die): a daemon keeps running, logging to stderr.
   process.stdout.on('error', () => {})
-  process.stdout.write(`ready ${JSON.stringify(info)}\n`)
+  // For people: the addresses to give other hosts as --bootstrap, one a line, before the
+  // machine-readable line that says it is ready.
+  const plain = info.multiaddrs.map(ma => `bootstrap ${ma}\n`).join('')
+  process.stdout.write(`${plain}ready ${JSON.stringify(info)}\n`)
 }
 
 export interface Stoppable {
