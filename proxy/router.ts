@@ -40,6 +40,8 @@ interface ServiceEntry {
   record: ServiceRecord
   cid: string
   peers: ServicePeers
+  /** Instances given up on (unreachable), until when: their provider records are not believed meanwhile. */
+  gone: Map<string, number>
   lastUsed: number
   discoveredAt: number
   discovery?: Promise<void>
@@ -50,6 +52,18 @@ interface ServiceEntry {
 
 /** How long a request with no cached instance waits on the DHT before a cold start is asked for too. */
 const COLD_START_GRACE_MS = 1_000
+/** How often the DHT is asked again while a cold start is on its way (one walk at a time per service). */
+const REDISCOVER_WHILE_STARTING_MS = 500
+
+/**
+ * How long an instance found unreachable is passed over by discovery. Its provider record
+ * outlives it in the DHT (records cannot be withdrawn from other peers), and one that drains
+ * still answers pings: believed at once, it would be picked again, and end the walk before its
+ * replacement is found. Long enough to cover a drain, short enough for a blip to heal.
+ */
+const GONE_MS = 15_000
+/** Instances remembered as gone, per service. */
+const MAX_GONE = 64
 
 /** First back-off after an attempt to find a better instance found none; doubles up to the cap. */
 const IMPROVE_BACKOFF_MS = 5_000
@@ -120,7 +134,17 @@ export class Router {
   /** Drops an instance that could not be reached; it returns only if the DHT offers it and it answers. */
   unreachable (record: ServiceRecord, peer: PeerState): void {
     const cid = this.cids.get(record)
-    if (cid != null) this.services.get(cid)?.peers.remove(peer.key)
+    const entry = cid != null ? this.services.get(cid) : undefined
+    if (entry != null) {
+      entry.peers.remove(peer.key)
+      entry.gone.delete(peer.key)
+      entry.gone.set(peer.key, this.now() + GONE_MS)
+      // Oldest first (insertion order): a churning service cannot grow the map.
+      for (const key of entry.gone.keys()) {
+        if (entry.gone.size <= MAX_GONE) break
+        entry.gone.delete(key)
+      }
+    }
     this.init.onPeerGone?.(peer.id, { inFlight: false })
   }
 
@@ -155,7 +179,7 @@ export class Router {
     }
     let entry = this.services.get(cid)
     if (entry == null) {
-      entry = { record, cid, peers: new ServicePeers(this.limits(record), this.now, this.init.outliers), lastUsed: this.now(), discoveredAt: 0, improving: false, improveFailures: 0, improveAfter: 0 }
+      entry = { record, cid, peers: new ServicePeers(this.limits(record), this.now, this.init.outliers), gone: new Map(), lastUsed: this.now(), discoveredAt: 0, improving: false, improveFailures: 0, improveAfter: 0 }
       this.services.set(cid, entry)
     }
     return entry
@@ -166,7 +190,10 @@ export class Router {
     entry.discovery ??= (async () => {
       try {
         const { record } = entry
-        const found = await this.init.finder.discover(await serviceCid(record), entry.peers.limits.hardRttMs, signal)
+        const now = this.now()
+        for (const [key, until] of entry.gone) if (until <= now) entry.gone.delete(key)
+        const skip = (id: PeerId): boolean => entry.gone.has(id.toString())
+        const found = await this.init.finder.discover(await serviceCid(record), entry.peers.limits.hardRttMs, signal, { skip })
         for (const candidate of found) entry.peers.add(candidate.id, candidate.rttMs)
         entry.discoveredAt = this.now()
       } finally {
@@ -189,11 +216,25 @@ export class Router {
     const grace = new Promise<'grace'>(resolve => { timer = setTimeout(() => { resolve('grace') }, this.init.coldStartGraceMs ?? COLD_START_GRACE_MS) })
     const first = await Promise.race([discovery, grace]).finally(() => { clearTimeout(timer) })
     if (first instanceof PeerState) return first
-    if (first === undefined) return await this.coldStart(entry)
     this.init.log.debug({ service: entry.record.name }, 'no instance found within the grace period: asking for a cold start too')
     const started = this.coldStart(entry)
-    const found = discovery.then(peer => peer ?? started)
-    // Whichever has a peer first; a cold start's failure stands only if the walk found nobody.
+    let starting = true
+    const startEnded = started.then(() => { starting = false }, () => { starting = false })
+    // A replacement may be advertised while the cold start is on its way (a rolling restart,
+    // an instance started for another client): the DHT is asked again until either has a peer.
+    const found = (async (): Promise<PeerState> => {
+      let peer = await discovery
+      while (peer == null && starting && signal?.aborted !== true) {
+        let wait: NodeJS.Timeout | undefined
+        await Promise.race([new Promise(resolve => { wait = setTimeout(resolve, REDISCOVER_WHILE_STARTING_MS) }), startEnded])
+        clearTimeout(wait)
+        if (!starting) break
+        await this.discover(entry, signal).catch(() => {})
+        peer = pickFound()
+      }
+      return peer ?? await started
+    })()
+    // Whichever has a peer first; a cold start's failure stands only if the walks found nobody.
     return await Promise.any([found, started]).catch(async () => await started)
   }
 

@@ -19,6 +19,15 @@ export interface PeerFinderInit {
   settleMs?: number
 }
 
+export interface DiscoverOptions {
+  /**
+   * Providers to pass over: neither pinged nor counted as an answer that lets the walk end.
+   * A stale record of an instance that is going away (draining, still answering pings) would
+   * otherwise end the walk before the record of its replacement is met.
+   */
+  skip?: (id: PeerId) => boolean
+}
+
 /** Finds the providers of a CID in the DHT and measures each one's RTT, all in parallel. */
 export class PeerFinder {
   private readonly discoveryTimeoutMs: number
@@ -33,7 +42,7 @@ export class PeerFinder {
    * Providers of `cid` within `hardRttMs`, nearest first. Each provider is pinged as soon as
    * the DHT yields it, so the walk and the pings overlap.
    */
-  async discover (cid: CID, hardRttMs: number, signal?: AbortSignal): Promise<Candidate[]> {
+  async discover (cid: CID, hardRttMs: number, signal?: AbortSignal, options: DiscoverOptions = {}): Promise<Candidate[]> {
     const { node } = this.init
     const pings: Array<Promise<Candidate | undefined>> = []
     // The walk also ends once a provider answered and no new one came for a while: a walk
@@ -48,7 +57,7 @@ export class PeerFinder {
     let answered = false
     try {
       await this.walk(cid, walk.signal, id => {
-        if (id.equals(node.peerId)) return
+        if (id.equals(node.peerId) || options.skip?.(id) === true) return
         if (answered) settle()
         pings.push(this.measure(id, hardRttMs, signal).then(found => {
           if (found != null && !answered) {

@@ -4,9 +4,10 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { pino } from 'pino'
 import { describe, expect, it } from 'vitest'
 import type { Allocations } from '../../proxy/allocations.js'
-import type { Candidate, PeerFinder } from '../../shared/peer-finder.js'
+import type { Candidate, DiscoverOptions, PeerFinder } from '../../shared/peer-finder.js'
 import { Router } from '../../proxy/router.js'
 import { parseRecord } from '../../shared/registry/record.js'
+import { waitFor } from '../helpers/wait-for.js'
 
 const log = pino({ level: 'silent' })
 const record = parseRecord({ name: 'svc', command: 'x', health: '/', softRttMs: 100, hardRttMs: 300 })
@@ -21,9 +22,10 @@ class FakeFinder {
   providers: PeerId[] = []
   discoveries = 0
 
-  async discover (_cid: unknown, hardRttMs: number): Promise<Candidate[]> {
+  async discover (_cid: unknown, hardRttMs: number, _signal?: AbortSignal, options: DiscoverOptions = {}): Promise<Candidate[]> {
     this.discoveries++
     return this.providers
+      .filter(id => options.skip?.(id) !== true)
       .map(id => ({ id, rttMs: this.rtts.get(id.toString()) }))
       .filter((c): c is Candidate => c.rttMs != null && c.rttMs <= hardRttMs)
       .sort((a, b) => a.rttMs - b.rttMs)
@@ -79,6 +81,42 @@ describe('router', () => {
     t += 2000
     await router.pingAll()
     for (let i = 0; i < 10; i++) expect((await router.pick(record)).key).toBe(b.toString())
+  })
+
+  it('passes over an instance it found unreachable while its provider record lingers, then believes the DHT again', async () => {
+    const [draining, replacement] = await peerIds(2)
+    const finder = new FakeFinder()
+    finder.providers = [draining]
+    finder.rtts.set(draining.toString(), 1)
+    let now = 1_000_000
+    const router = routerWith(finder, undefined, () => now)
+    const first = await router.acquire(record)
+    expect(first.peer.key).toBe(draining.toString())
+    // It refuses new streams (draining) but answers pings, and its record stays in the DHT,
+    // beside its replacement's.
+    first.failed('unreachable')
+    first.release()
+    finder.providers = [draining, replacement]
+    finder.rtts.set(replacement.toString(), 5)
+    for (let i = 0; i < 10; i++) expect((await router.pick(record)).key).toBe(replacement.toString())
+    // Once the window is over, the DHT's word counts again (a blip heals).
+    now += 16_000
+    finder.rtts.set(replacement.toString(), undefined)
+    expect((await router.pick(record, new Set([replacement.toString()]))).key).toBe(draining.toString())
+  })
+
+  it('takes an instance that appears in the DHT while a cold start is on its way', async () => {
+    const [replacement] = await peerIds(1)
+    const finder = new FakeFinder()
+    let coldStarts = 0
+    // A cold start that takes long (a mesh with no allocator near: seconds of walks).
+    const router = routerWith(finder, { coldStart: async () => { coldStarts++; return await new Promise(() => {}) } })
+    const picked = router.pick(record)
+    await waitFor(() => coldStarts === 1, 'the cold start asked for')
+    finder.providers = [replacement]
+    finder.rtts.set(replacement.toString(), 2)
+    expect((await picked).key).toBe(replacement.toString())
+    expect(finder.discoveries).toBeGreaterThanOrEqual(2)
   })
 
   it('has an instance started when none is within the hard RTT', async () => {
