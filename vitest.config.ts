@@ -10,7 +10,8 @@ const TIMING_SENSITIVE = [
   'test/e2e/autoscaling.test.ts',
   'test/e2e/faults.test.ts',
   // Load against real daemons: alone, or a neighbour's load (and theirs) skews both.
-  'test/e2e/attacks.test.ts'
+  'test/e2e/attacks.test.ts',
+  'test/e2e/toystore-hosts.test.ts'
 ]
 
 const shared = {

@@ -112,7 +112,9 @@ export class InstanceServer {
     const closing = [...this.sockets.keys()].map(async socket => {
       socket.end()
       await new Promise<void>(resolve => {
-        const timer = setTimeout(() => { socket.destroy(); resolve() }, 1000)
+        // Reset, not a quiet close: a client whose request crossed our end must learn it
+        // will get no answer (and try elsewhere) rather than wait on a stream left half open.
+        const timer = setTimeout(() => { socket.destroy(new Error('the instance is stopping')); resolve() }, 1000)
         socket.once('close', () => { clearTimeout(timer); resolve() })
       })
     })

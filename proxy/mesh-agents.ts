@@ -1,5 +1,6 @@
 import { setMaxListeners } from 'node:events'
 import { Agent, type ClientRequestArgs } from 'node:http'
+import type { Socket } from 'node:net'
 import type { Duplex } from 'node:stream'
 import type { PeerId } from '@libp2p/interface'
 import { deadline } from '../shared/abort.js'
@@ -27,13 +28,30 @@ class PeerAgent extends Agent {
     setMaxListeners(0, this.dials.signal)
   }
 
-  override createConnection (_options: ClientRequestArgs, callback?: (err: Error | null, socket: Duplex) => void): Duplex | null | undefined {
+  override createConnection (options: ClientRequestArgs, callback?: (err: Error | null, socket: Duplex) => void): Duplex | null | undefined {
     const dial = deadline(STREAM_OPEN_TIMEOUT_MS, this.dials.signal)
+    const name = this.getName(options)
     this.node.dialProtocol(this.peer, HTTP_PROTOCOL, { maxOutboundStreams: MAX_HTTP_STREAMS, signal: dial.signal })
-      .then(stream => { callback?.(null, new StreamSocket(stream, this.peer.toString())) })
+      .then(stream => {
+        const socket = new StreamSocket(stream, this.peer.toString())
+        // Half-open sockets (needed for bodies) do not close when the far end closes its side,
+        // so Node's pool would keep one the instance has ended (a draining instance ends them
+        // all), and a request sent on it would wait for an answer that cannot come.
+        socket.on('end', () => { if (this.freeSockets[name]?.includes(socket as unknown as Socket) === true) socket.destroy() })
+        callback?.(null, socket)
+      })
       .catch(err => { callback?.(err as Error, undefined as unknown as Duplex) })
       .finally(dial.clear)
     return undefined
+  }
+
+  /**
+   * A socket whose far end has already closed its side goes, not back to the pool. (Node's
+   * typings say void; the Agent pools the socket only when this returns true.)
+   */
+  override keepSocketAlive (socket: Duplex): void {
+    if (socket.readableEnded) return
+    return super.keepSocketAlive(socket)
   }
 
   abortDials (reason: Error): void {

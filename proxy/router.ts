@@ -52,6 +52,8 @@ interface ServiceEntry {
 
 /** How long a request with no cached instance waits on the DHT before a cold start is asked for too. */
 const COLD_START_GRACE_MS = 1_000
+/** A request that waited this long for an instance is logged (a warning: clients notice). */
+const SLOW_FIND_MS = 3_000
 /** How often the DHT is asked again while a cold start is on its way (one walk at a time per service). */
 const REDISCOVER_WHILE_STARTING_MS = 500
 
@@ -210,6 +212,17 @@ export class Router {
    * wait that out before a replacement is even asked for.
    */
   private async findOrStart (entry: ServiceEntry, exclude: ReadonlySet<string>, signal?: AbortSignal): Promise<PeerState> {
+    const began = this.now()
+    try {
+      return await this.findOrStartNow(entry, exclude, signal)
+    } finally {
+      // Seconds spent here are seconds a client waits: say so, with what there was to go on.
+      const ms = this.now() - began
+      if (ms >= SLOW_FIND_MS) this.init.log.warn({ service: entry.record.name, ms, cached: entry.peers.all().length, gone: entry.gone.size }, 'a request waited long for an instance')
+    }
+  }
+
+  private async findOrStartNow (entry: ServiceEntry, exclude: ReadonlySet<string>, signal?: AbortSignal): Promise<PeerState> {
     const pickFound = (): PeerState | undefined => pickP2C(entry.peers.bestLevel(exclude), this.now(), this.random)
     const discovery = this.discover(entry, signal).then(pickFound)
     let timer: NodeJS.Timeout | undefined

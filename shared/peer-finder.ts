@@ -1,6 +1,6 @@
 import type { PeerId } from '@libp2p/interface'
 import type { CID } from 'multiformats/cid'
-import { deadline } from './abort.js'
+import { deadline, raceSignal } from './abort.js'
 import type { Logger } from './log.js'
 import type { MeshNode } from './node.js'
 
@@ -56,7 +56,9 @@ export class PeerFinder {
     const walk = deadline(this.discoveryTimeoutMs, signal, settled.signal)
     let answered = false
     try {
-      await this.walk(cid, walk.signal, id => {
+      // Raced, not only signalled: a query blocked in a dial does not always see the abort,
+      // and every request waiting for an instance of the service waits on this walk.
+      await raceSignal(this.walk(cid, walk.signal, id => {
         if (id.equals(node.peerId) || options.skip?.(id) === true) return
         if (answered) settle()
         pings.push(this.measure(id, hardRttMs, signal).then(found => {
@@ -66,7 +68,7 @@ export class PeerFinder {
           }
           return found
         }))
-      })
+      }), walk.signal)
     } catch (err) {
       // A walk cut short by its deadline still yields the providers found so far.
       if (signal?.aborted === true) throw err
@@ -130,8 +132,10 @@ export class PeerFinder {
    */
   async ping (peer: PeerId, hardRttMs: number, signal?: AbortSignal, timeoutMs = hardRttMs * 4 + 1000): Promise<number | undefined> {
     const deadline = AbortSignal.timeout(timeoutMs)
+    const pingSignal = signal != null ? AbortSignal.any([deadline, signal]) : deadline
     try {
-      return await this.init.node.services.ping.ping(peer, { signal: signal != null ? AbortSignal.any([deadline, signal]) : deadline })
+      // Raced too: a ping stuck in a dial to a peer that is going away must not outlast its deadline.
+      return await raceSignal(this.init.node.services.ping.ping(peer, { signal: pingSignal }), pingSignal)
     } catch (err) {
       this.init.log.debug({ peer: peer.toString(), err }, 'ping failed')
       return undefined
