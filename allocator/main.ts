@@ -92,20 +92,17 @@ runDaemon('hyphae-allocator', async () => {
     collectDefaultMetrics({ register: metricsRegistry, prefix: 'hyphae_allocator_' })
     // Every instance's door into the mesh (HYPHAE_PROXY): one routing core on this node, one
     // ingress per instance, and this allocator asked first, in-process, for cold starts.
-    const allocating: { allocator?: Allocator } = {}
     doors = new ClientProxy({
       node,
       registry: base.registry,
       log: base.log.child({ component: 'doors' }),
       metrics: metricsRegistry,
       defaults: { softRttMs: base.config.softRttMs, hardRttMs: base.config.hardRttMs },
-      localAllocator: async (service, signal) => {
-        if (allocating.allocator == null) return { ok: false, error: { code: 'shutting_down', message: 'the allocator is not running' } }
-        return await allocating.allocator.allocateLocally(service, signal)
-      }
+      localAllocator: async (service, signal) => allocator != null
+        ? await allocator.allocateLocally(service, signal)
+        : { ok: false, error: { code: 'shutting_down', message: 'the allocator is not running' } }
     })
     allocator = new Allocator({ node, metrics: metricsRegistry, registry: base.registry, trustedSigners: base.config.registryKeys, defaultTargetRps: base.config.targetRps, runtime, sidecars, doors, log, ...settings })
-    allocating.allocator = allocator
     await doors.start()
     await allocator.start()
     const current = allocator

@@ -160,18 +160,14 @@ export class Registry implements OriginRecordSource {
     // Kept alive in the DHT while in use; a made-up name leaves only a bounded cache entry.
     this.republisher.used(name, now)
     const hit = this.cache.get(name)
-    // Older than the caller knows exists (a deploy right after its put): ask the DHT now.
-    const stale = options.minSeq != null && (hit?.resolved?.record.seq ?? -1) < options.minSeq
-    if (stale) {
-      const entry = await raceSignal(this.refresh(name), options.signal)
-      if (entry.resolved != null) this.republisher.used(name, this.clock())
-      return entry.resolved
-    }
-    if (hit != null && hit.expiresAt > now) return hit.resolved
+    // Unless it is older than the caller knows exists (a deploy right after its put): then
+    // the caller waits for the DHT.
+    const usable = options.minSeq == null || (hit?.resolved?.record.seq ?? -1) >= options.minSeq
+    if (usable && hit != null && hit.expiresAt > now) return hit.resolved
     const lookup = this.refresh(name)
     // Stale while revalidate: a record we already have is served at once while the DHT is
     // asked again in the background, so no request waits on a lookup once a service is known.
-    if (hit?.resolved != null) {
+    if (usable && hit?.resolved != null) {
       lookup.catch(() => {})
       return hit.resolved
     }
