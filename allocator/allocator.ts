@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { availableParallelism, hostname, totalmem } from 'node:os'
+import { availableParallelism, totalmem } from 'node:os'
 import { Counter, Gauge, Histogram, Registry as MetricsRegistry } from 'prom-client'
 import { raceSignal } from '../shared/abort.js'
 import { Announcer } from '../shared/announcer.js'
@@ -12,7 +12,8 @@ import type { MeshNode } from '../shared/node.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import type { OriginRecordSource } from '../shared/registry/registry.js'
 import { normalizePeerIds } from '../shared/registry/signed-record.js'
-import { handleStatus, STATUS_PROTOCOL, VERSION, type NodeStatus } from '../shared/protocols/status.js'
+import { registerInstanceMetrics } from './instance-metrics.js'
+import { handleStatus, nodeFields, STATUS_PROTOCOL, type InstanceStatus, type NodeStatus, type ServiceCacheStatus } from '../shared/protocols/status.js'
 import { checkTrust, instanceCap, PeerRateLimiter, type PeerRateLimiterInit } from './admission.js'
 import { ALLOC_PROTOCOL, serveAllocStream, type AllocInstance, type AllocResponse } from '../shared/protocols/alloc.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
@@ -30,6 +31,8 @@ export interface SidecarStarter {
  */
 export interface InstanceDoors {
   openDoor: (from: string, host: string, admit?: (remoteAddress: string) => boolean) => Promise<IngressDoor>
+  /** The routing cache behind the doors, for the status. */
+  cacheStatus: () => ServiceCacheStatus[]
 }
 
 export interface AllocatorInit {
@@ -63,6 +66,11 @@ type OpenDoor = IngressDoor & { admit: (address: string) => void }
 /** Instances one allocator runs at once. */
 export const DEFAULT_MAX_INSTANCES = 16
 
+/** How long one round of asking the sidecars for their stats serves status requests and scrapes. */
+const STATUS_FRESH_MS = 1000
+/** A sidecar that has not told its stats in this long is listed without them. */
+const SIDECAR_STATS_TIMEOUT_MS = 1000
+
 /** Instance states that hold a share of the host. */
 const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
 
@@ -91,6 +99,7 @@ export class Allocator {
   private readonly untrustedLogged = new Set<string>()
   private stopping = false
   private readonly startedAt = performance.now()
+  private statusCache?: { at: number, round: Promise<InstanceStatus[]> }
   private readonly capacity: { cpus: number, memoryMb: number }
   private readonly counters: {
     starts: Counter<'service'>
@@ -125,6 +134,7 @@ export class Allocator {
         for (const s of supervisors) this.inc({ service: s.service, state: s.state })
       }
     })
+    registerInstanceMetrics(registers, async () => await this.instanceStatuses())
   }
 
   async start (): Promise<void> {
@@ -159,19 +169,37 @@ export class Allocator {
     return [...this.supervisors].map(s => ({ service: s.service, state: s.state, relaunches: s.relaunches, peerId: s.peerId }))
   }
 
-  /** What `/hyphae/status/1.0.0` answers. */
-  status (): NodeStatus {
+  /** What `/hyphae/status/1.0.0` answers: its instances with what each has served, asked of their sidecars. */
+  async status (): Promise<NodeStatus> {
     const { node } = this.init
     return {
       role: 'allocator',
-      host: hostname(),
-      peerId: node.peerId.toString(),
-      version: VERSION,
-      uptimeS: Math.round((performance.now() - this.startedAt) / 1000),
-      addresses: node.getMultiaddrs().map(ma => ma.toString()),
+      ...nodeFields(node, this.startedAt),
       trustedSigners: [...normalizePeerIds(this.init.trustedSigners ?? [])],
-      instances: this.list()
+      instances: await this.instanceStatuses(),
+      ...(this.init.doors != null ? { services: this.init.doors.cacheStatus() } : {})
     }
+  }
+
+  /**
+   * Every instance's status, its stats asked of its sidecar; asked at most once per
+   * STATUS_FRESH_MS, so a scrape and a status request (or a flood of them) share one round.
+   */
+  private async instanceStatuses (): Promise<InstanceStatus[]> {
+    const now = performance.now()
+    if (this.statusCache == null || now - this.statusCache.at > STATUS_FRESH_MS) {
+      const round = Promise.all([...this.supervisors].map(async s => ({
+        service: s.service,
+        instance: s.instanceId,
+        state: s.state,
+        ageS: s.ageS,
+        relaunches: s.relaunches,
+        ...(s.peerId != null ? { peerId: s.peerId } : {}),
+        ...await s.stats(SIDECAR_STATS_TIMEOUT_MS).then(stats => stats != null ? { stats } : {}, () => ({}))
+      })))
+      this.statusCache = { at: now, round }
+    }
+    return await this.statusCache.round
   }
 
   /**

@@ -1,4 +1,5 @@
 import type { Logger } from '../shared/log.js'
+import type { InstanceStats } from '../shared/protocols/status.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
 import { backoffDelay, type BackoffConfig } from './health-verdict.js'
 import type { RuntimeInstance } from './runtime.js'
@@ -9,6 +10,8 @@ export interface Sidecar {
   multiaddrs: string[]
   /** Seconds since its instance last finished serving a request; undefined: no answer in time. */
   idle: (timeoutMs: number) => Promise<number | undefined>
+  /** What the instance has served; undefined: no answer in time. */
+  stats: (timeoutMs: number) => Promise<InstanceStats | undefined>
   stop: () => Promise<void>
   /** Settles when it ended, for whatever reason. */
   exited: Promise<unknown>

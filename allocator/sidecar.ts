@@ -9,7 +9,9 @@ import type { RecordSource } from '../shared/registry/registry.js'
 import type { MeshConfig } from '../shared/config.js'
 import { createMeshNode, dialBootstraps, waitForRoutingTable } from '../shared/node.js'
 import { raceSignal } from '../shared/abort.js'
+import { daemonArgv } from '../shared/node-flags.js'
 import { distFile } from '../shared/paths.js'
+import { MAX_STATUS_BYTES, type NodeStatus } from '../shared/protocols/status.js'
 import { parseReadyLine, untilReady, type ReadyLine } from '../shared/ready.js'
 import { registryDhtInit } from '../shared/registry/dht-validation.js'
 import type { Logger } from '../shared/log.js'
@@ -62,7 +64,7 @@ export class ProcessSidecars {
       '0', service, `${app.host}:${app.port}`
     ]
     // The IPC channel stops the sidecar should the allocator die, even by SIGKILL (see runDaemon).
-    const child = spawn(process.execPath, [PROXY_MAIN, ...args], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+    const child = spawn(process.execPath, daemonArgv(PROXY_MAIN, args), { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
     const exited = new Promise<number | null>(resolve => {
       child.once('exit', code => { resolve(code) })
       child.once('error', () => { resolve(null) })
@@ -85,21 +87,38 @@ export class ProcessSidecars {
       throw new Error(`the proxy for ${service} ${(err as Error).message}`, { cause: err })
     }
     init.log.debug({ service, peer: ready.peerId, pid: child.pid }, 'sidecar proxy ready')
-    return { peerId: ready.peerId, multiaddrs: ready.multiaddrs, idle: async timeoutMs => await fetchIdleSeconds(ready.metrics, timeoutMs), stop, exited }
+    return {
+      peerId: ready.peerId,
+      multiaddrs: ready.multiaddrs,
+      idle: async timeoutMs => {
+        const text = (await fetchLocal(ready.metrics, '/', timeoutMs, 64))?.trim()
+        return text != null && /^\d+$/.test(text) ? Number(text) : undefined
+      },
+      stats: async timeoutMs => {
+        const text = await fetchLocal(ready.metrics, '/status', timeoutMs, MAX_STATUS_BYTES)
+        try {
+          return text != null ? (JSON.parse(text) as NodeStatus).instances[0]?.stats : undefined
+        } catch {
+          return undefined
+        }
+      },
+      stop,
+      exited
+    }
   }
 }
 
-/** The sidecar's idle seconds, or undefined if it did not answer with a number. */
-async function fetchIdleSeconds (metricsPort: number, timeoutMs: number): Promise<number | undefined> {
-  return await new Promise<number | undefined>(resolve => {
-    const req = request({ host: '127.0.0.1', port: metricsPort, path: '/', method: 'GET', agent: false, timeout: timeoutMs }, res => {
+/** The body of a 200 answer from the sidecar's metrics server (at most MAX_BYTES), or undefined. */
+async function fetchLocal (metricsPort: number, path: string, timeoutMs: number, maxBytes: number): Promise<string | undefined> {
+  return await new Promise<string | undefined>(resolve => {
+    const req = request({ host: '127.0.0.1', port: metricsPort, path, method: 'GET', agent: false, timeout: timeoutMs }, res => {
       let body = ''
       res.setEncoding('utf8')
-      res.on('data', (chunk: string) => { if (body.length < 64) body += chunk })
-      res.on('end', () => {
-        const text = body.trim()
-        resolve(res.statusCode === 200 && /^\d+$/.test(text) ? Number(text) : undefined)
+      res.on('data', (chunk: string) => {
+        body += chunk
+        if (body.length > maxBytes) req.destroy(new Error('answer too long'))
       })
+      res.on('end', () => { resolve(res.statusCode === 200 ? body : undefined) })
       res.on('error', () => { resolve(undefined) })
     })
     req.on('timeout', () => { req.destroy(new Error('timeout')) })
@@ -183,6 +202,7 @@ export class InProcessSidecars {
       multiaddrs: node.getMultiaddrs().map(ma => ma.toString()),
       // Not rounded to whole seconds: an allocator may cull after less than one.
       idle: async () => instance.idleMs / 1000,
+      stats: async () => instance.stats(),
       stop: async () => {
         await stopNode()
         exited.resolve()

@@ -1,6 +1,7 @@
 import type { Logger } from '../shared/log.js'
 import type { ServiceRecord } from '../shared/registry/record.js'
 import { AllocationError } from '../shared/protocols/alloc-errors.js'
+import type { InstanceStats } from '../shared/protocols/status.js'
 import { AppSlot } from './app-slot.js'
 import { backoffDelay, DEFAULT_BACKOFF, HealthVerdict, type BackoffConfig } from './health-verdict.js'
 import type { InstanceExit, InstanceSpec, Runtime } from './runtime.js'
@@ -89,6 +90,7 @@ export class InstanceSupervisor {
   private readonly cfg: Required<Omit<SupervisorInit, 'runtime' | 'spec' | 'startSidecar' | 'log' | 'backoff' | 'cullable' | 'onEvent'>> & { backoff: BackoffConfig }
   private readonly finished: Promise<SupervisorState>
   private resolveFinished!: (state: SupervisorState) => void
+  private readonly createdAt: number
 
   constructor (private readonly init: SupervisorInit) {
     this.log = init.log.child({ service: init.spec.record.name, instance: init.spec.instanceId, port: init.spec.hostPort })
@@ -110,6 +112,7 @@ export class InstanceSupervisor {
     this.health = new HealthVerdict({ ...cfg, healthPath: init.spec.record.health })
     this.sidecars = new SidecarKeeper({ ...cfg, startSidecar: init.startSidecar, log: this.log, signal: this.lifetime.signal, service: init.spec.record.name })
     this.finished = new Promise(resolve => { this.resolveFinished = resolve })
+    this.createdAt = cfg.now()
   }
 
   get state (): SupervisorState { return this.lifecycle === 'running' ? this.health.phase : this.lifecycle }
@@ -121,6 +124,10 @@ export class InstanceSupervisor {
   /** The sidecar's identity; it changes if the sidecar had to be restarted. */
   get peerId (): string | undefined { return this.sidecars.current?.peerId }
   get multiaddrs (): string[] { return this.sidecars.current?.multiaddrs ?? [] }
+  /** Seconds since the allocator took the instance on. */
+  get ageS (): number { return Math.round((this.cfg.now() - this.createdAt) / 1000) }
+  /** What the instance has served, from its sidecar; undefined without one or without an answer in time. */
+  async stats (timeoutMs: number): Promise<InstanceStats | undefined> { return await this.sidecars.current?.stats(timeoutMs) }
   /** Settles with the final state once the supervisor ended (stopped, culled or failed) and left nothing running. */
   get done (): Promise<SupervisorState> { return this.finished }
 

@@ -37,7 +37,7 @@ export async function surveyAllocators (node: MeshNode, signer: string, options:
       const asked = performance.now()
       // The time to answer stands in for nearness: it is a round trip (or two, with a dial).
       asks.push(requestStatus(node, provider.id, AbortSignal.timeout(askMs))
-        .then(status => ({ id: provider.id, trusts: status.trustedSigners.includes(signer), rttMs: performance.now() - asked }), () => undefined))
+        .then(status => ({ id: provider.id, trusts: status.trustedSigners?.includes(signer) === true, rttMs: performance.now() - asked }), () => undefined))
       if (seen.size >= maxAllocators) break
     }
   } catch {

@@ -7,6 +7,8 @@ export interface Io {
   out: (line: string) => void
   err: (line: string) => void
   env: NodeJS.ProcessEnv
+  /** Whether out goes to a terminal (progress and redraws), else plain lines. */
+  tty?: boolean
 }
 
 export interface Command {

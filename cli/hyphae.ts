@@ -20,6 +20,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     summary: 'publish or read service records in the DHT',
     run: registry
   },
+  status: {
+    usage: 'hyphae status [OPTIONS]',
+    summary: 'the whole mesh: services, instances and their stats, nodes',
+    run: async (argv, io) => await (await import('./status.js')).status(argv, io)
+  },
   up: {
     usage: 'hyphae up [OPTIONS]',
     summary: 'run a whole local mesh on this machine (demo)',
@@ -48,7 +53,8 @@ function processIo (): Io {
   return {
     out: line => { process.stdout.write(line + '\n') },
     err: line => { process.stderr.write(line + '\n') },
-    env: process.env
+    env: process.env,
+    tty: process.stdout.isTTY
   }
 }
 

@@ -12,6 +12,7 @@ import { parseCommand, type Io } from './command.js'
 import { dockerAvailable, ensureExampleImage, EXAMPLE_IMAGE } from './example-image.js'
 import { listenOnLoopback, PortUnavailableError } from '../shared/listen.js'
 import { createKeyFile } from '../shared/identity.js'
+import { daemonArgv } from '../shared/node-flags.js'
 import { distFile } from '../shared/paths.js'
 import { parseReadyLine, untilReady } from '../shared/ready.js'
 
@@ -58,7 +59,7 @@ const READY_TIMEOUT_MS = 60_000
 /** Spawns a daemon, adds it to `children` at once (so it is stopped whatever happens next), waits for `ready`. */
 async function startChild (name: string, script: string, args: string[], children: Child[]): Promise<Child> {
   // The IPC channel is how a child learns that we died, even by SIGKILL (see runDaemon).
-  const proc = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
+  const proc = spawn(process.execPath, daemonArgv(script, args), { stdio: ['ignore', 'pipe', 'inherit', 'ipc'] })
   const exited = new Promise<number | null>(resolve => {
     proc.once('exit', code => { resolve(code) })
     proc.once('error', () => { resolve(null) })

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, type Registry as MetricsRegistry } from 'prom-client'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
+import type { ServiceCacheStatus } from '../shared/protocols/status.js'
 import { PeerFinder } from '../shared/peer-finder.js'
 import type { RecordSource } from '../shared/registry/registry.js'
 import { Allocations, type LocalAllocator } from './allocations.js'
@@ -148,5 +149,14 @@ export class ClientProxy {
   /** The peer cache, for `/peers`. */
   peers (): ReturnType<Router['snapshot']> {
     return this.router.snapshot()
+  }
+
+  /** The peer cache as the status protocol gives it. */
+  cacheStatus (): ServiceCacheStatus[] {
+    return this.router.snapshot().map(({ service, limits, peers }) => ({
+      service,
+      limits: { softMs: limits.softRttMs, hardMs: limits.hardRttMs },
+      peers: peers.map(({ peer, level, rttMs, inflight }) => ({ peer, level, rttMs, inflight }))
+    }))
   }
 }

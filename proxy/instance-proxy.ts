@@ -8,6 +8,8 @@ import type { RecordSource } from '../shared/registry/registry.js'
 import { Advertiser } from './advertiser.js'
 import { Autoscaler } from './autoscaler.js'
 import { InstanceServer } from './instance-server.js'
+import { RequestStats } from './request-stats.js'
+import type { InstanceStats } from '../shared/protocols/status.js'
 
 export interface InstanceProxyInit {
   node: MeshNode
@@ -38,19 +40,36 @@ export class InstanceProxy {
   private server?: InstanceServer
   private advertiser?: Advertiser
   private autoscaler?: Autoscaler
-  private lastServicedAt = Date.now()
+  private readonly requests = new RequestStats()
+  private readonly startedAt = Date.now()
 
   constructor (private readonly init: InstanceProxyInit) {}
 
   /** Time since the instance last finished serving a request, ms; 0 while one is in flight. */
   get idleMs (): number {
-    if (this.server != null && this.server.requestsInFlight > 0) return 0
-    return Date.now() - this.lastServicedAt
+    return this.requests.idleMs
   }
 
   /** idleMs in whole seconds, as the `/` metrics route reports it. */
   get idleSeconds (): number {
     return Math.floor(this.idleMs / 1000)
+  }
+
+  get service (): string {
+    return this.init.service
+  }
+
+  /** Seconds since this proxy started fronting the instance. */
+  get ageS (): number {
+    return Math.round((Date.now() - this.startedAt) / 1000)
+  }
+
+  get advertised (): boolean {
+    return this.advertiser?.advertised === true
+  }
+
+  stats (): InstanceStats {
+    return this.requests.snapshot()
   }
 
   async start (): Promise<void> {
@@ -61,7 +80,7 @@ export class InstanceProxy {
     const served = new Counter({ name: 'hyphae_instance_requests_total', help: 'Requests served to this instance from the mesh, by status', labelNames: ['status'], registers })
     const inFlight = new Gauge({ name: 'hyphae_instance_requests_in_flight', help: 'Requests from the mesh being served now', registers })
     const idleSeconds = (): number => this.idleSeconds
-    const advertised = (): boolean => this.advertiser?.advertised === true
+    const advertised = (): boolean => this.advertised
     new Gauge({ name: 'hyphae_instance_idle_seconds', help: 'Seconds since the last request was serviced', registers, collect () { this.set(idleSeconds()) } })
     new Gauge({ name: 'hyphae_instance_advertised', help: '1 while the instance is advertised in the DHT', registers, collect () { this.set(advertised() ? 1 : 0) } })
 
@@ -69,15 +88,16 @@ export class InstanceProxy {
       node: init.node,
       app: init.app,
       log: init.log,
-      onRequest: (event, status) => {
+      onRequest: (event, status = 0, durationMs = 0) => {
         if (event === 'start') {
           inFlight.inc()
+          this.requests.started()
           this.autoscaler?.recordRequest()
           return
         }
         inFlight.dec()
         served.inc({ status: String(status) })
-        this.lastServicedAt = Date.now()
+        this.requests.finished(status, durationMs)
       }
     })
     await this.server.start()

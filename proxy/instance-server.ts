@@ -31,8 +31,8 @@ export interface InstanceServerInit {
   /** The local app this proxy fronts. */
   app: { host: string, port: number }
   log: Logger
-  /** Called as each request from the mesh starts and ends, for idle tracking and metrics. */
-  onRequest?: (event: 'start' | 'end', status?: number) => void
+  /** Called as each request from the mesh starts and ends (with its status and duration), for idle tracking and metrics. */
+  onRequest?: (event: 'start' | 'end', status?: number, durationMs?: number) => void
   limits?: Partial<InstanceLimits>
 }
 
@@ -168,6 +168,7 @@ export class InstanceServer {
     // Draining: this answer is the stream's last, so the client opens a new one elsewhere.
     if (this.draining) res.shouldKeepAlive = false
     this.init.onRequest?.('start')
+    const startedAt = performance.now()
     relay(req, res, {
       agent: this.appAgent,
       host: this.init.app.host,
@@ -175,13 +176,13 @@ export class InstanceServer {
       path: req.url ?? '/',
       forward: { peer, defaultHost: this.appHost }
     }).then(result => {
-      this.finished(peer, conn, result.status, stopBodyWatch)
+      this.finished(peer, conn, result.status, stopBodyWatch, startedAt)
     }, (err: RelayError) => {
       if (err.phase !== 'response' && !err.clientGone) {
         this.init.log.warn({ err, app: this.appHost }, 'app unreachable')
         sendError(res, 502, 'app_unreachable', `the instance's app did not answer: ${err.message}`)
       }
-      this.finished(peer, conn, err.clientGone ? 499 : 502, stopBodyWatch)
+      this.finished(peer, conn, err.clientGone ? 499 : 502, stopBodyWatch, startedAt)
     })
   }
 
@@ -211,14 +212,14 @@ export class InstanceServer {
     return stop
   }
 
-  private finished (peer: string, conn: Conn | undefined, status: number, stopBodyWatch: (() => void) | undefined): void {
+  private finished (peer: string, conn: Conn | undefined, status: number, stopBodyWatch: (() => void) | undefined, startedAt: number): void {
     stopBodyWatch?.()
     this.inFlight--
     const left = (this.perPeer.get(peer) ?? 1) - 1
     if (left > 0) this.perPeer.set(peer, left)
     else this.perPeer.delete(peer)
     if (conn != null) conn.active--
-    this.init.onRequest?.('end', status)
+    this.init.onRequest?.('end', status, performance.now() - startedAt)
     if (this.inFlight === 0) {
       for (const wake of this.idleWaiters.splice(0)) wake()
     }

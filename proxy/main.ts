@@ -1,4 +1,4 @@
-#!/usr/bin/env node
+#!/usr/bin/env -S node --max-semi-space-size=2 --heap-growing-percent=20
 import '../shared/polyfill.js'
 import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
 import { COMMON_OPTIONS, option, optionsHelp, parseArgsOptions, parsers, readOptions } from '../shared/cli-options.js'
@@ -11,7 +11,10 @@ import { DEFAULT_RESPONSE_TIMEOUT_MS } from './ingress.js'
 import { printReady, runDaemon, startMeshBase } from '../shared/daemon.js'
 import { UsageError } from '../shared/errors.js'
 import { PortUnavailableError } from '../shared/listen.js'
+import { Announcer } from '../shared/announcer.js'
+import { clientProxyCid } from '../shared/cids.js'
 import { MetricsServer } from '../shared/metrics-server.js'
+import { handleStatus, nodeFields, type NodeStatus } from '../shared/protocols/status.js'
 import { parseAppAddress } from './address.js'
 import { ClientProxy } from './client-proxy.js'
 import { InstanceProxy } from './instance-proxy.js'
@@ -24,7 +27,7 @@ const OPTIONS = {
   'stream-per-request': option({ help: 'open one libp2p stream per request instead of reusing pooled streams', parse: parsers.flag }),
   'cold-start-timeout': option({ arg: 'MS', help: 'how long requests wait for an instance to be started', default: DEFAULT_COLD_START_TIMEOUT_MS, parse: parsers.positiveInt }),
   ...COMMON_OPTIONS,
-  metrics: { ...COMMON_OPTIONS.metrics, help: 'metrics on 127.0.0.1:PORT (/ idle seconds, /peers the peer cache, /metrics Prometheus; 0: any free port)' }
+  metrics: { ...COMMON_OPTIONS.metrics, help: 'metrics on 127.0.0.1:PORT (/ idle seconds, /peers the peer cache, /status this proxy\'s status, /metrics Prometheus; 0: any free port)' }
 }
 
 const USAGE = `usage: hyphae-proxy [OPTIONS] PORT                  client mode
@@ -77,18 +80,31 @@ runDaemon('hyphae-proxy', async () => {
       scaleWindowMs
     })
     : undefined
+  const startedAt = performance.now()
+  const status = (): NodeStatus => ({
+    role: 'proxy',
+    mode: instance != null ? 'server' : 'client',
+    ...nodeFields(base.node, startedAt),
+    instances: instance != null
+      ? [{ service: instance.service, state: instance.advertised ? 'advertised' : 'starting', ageS: instance.ageS, relaunches: 0, peerId: base.node.peerId.toString(), stats: instance.stats() }]
+      : [],
+    services: client.cacheStatus()
+  })
   const metricsServer = metricsPort != null
     ? new MetricsServer({
       port: metricsPort,
       registry: metrics,
       routes: {
         '/': () => ({ type: 'text', body: `${instance?.idleSeconds ?? 0}\n` }),
-        '/peers': () => ({ type: 'json', body: JSON.stringify(client.peers(), null, 2) })
+        '/peers': () => ({ type: 'json', body: JSON.stringify(client.peers(), null, 2) }),
+        '/status': () => ({ type: 'json', body: JSON.stringify(status()) })
       }
     })
     : undefined
+  const announcer = instance == null ? new Announcer({ node: base.node, cid: await clientProxyCid(), log }) : undefined
   const stop = async (): Promise<void> => {
     log.info('stopping')
+    await announcer?.withdraw()
     // Stop advertising and drain the instance first, so clients stop choosing it.
     await instance?.stop()
     await client.stop()
@@ -100,6 +116,10 @@ runDaemon('hyphae-proxy', async () => {
   try {
     await instance?.start()
     await client.start()
+    await handleStatus(base.node, status)
+    // A client proxy is no service's provider: it advertises itself so that `hyphae status`
+    // finds it. Not awaited: ready does not wait on the DHT (the first of a mesh has no peers yet).
+    announcer?.announce().catch(err => { log.debug({ err }, 'could not advertise the proxy yet; retrying') })
     metricsPortBound = await metricsServer?.start()
     if (server != null) {
       log.info({ service: server.service, app: positionals[2] }, 'waiting for the app to answer its health path')

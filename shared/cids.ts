@@ -12,6 +12,11 @@ export async function serviceCid (record: ServiceRecord): Promise<CID> {
   return await cidOf(`hyphae/svc/${record.name}@${runDigest(record)}`)
 }
 
+/** Every client proxy advertises as a provider of this CID, so that `hyphae status` finds it. */
+export async function clientProxyCid (): Promise<CID> {
+  return await cidOf('hyphae/client-proxy')
+}
+
 /** Every allocator advertises as a provider of this CID. */
 export async function allocatorCid (): Promise<CID> {
   return await cidOf('hyphae/allocator')

@@ -4,6 +4,7 @@ import { request } from 'node:http'
 import { join } from 'node:path'
 import type { Features } from './context.js'
 import { ALLOCATOR_BIN, PROXY_BIN, REPO_ROOT, TINY_APP } from './paths.js'
+import { DAEMON_NODE_FLAGS } from '../../shared/node-flags.js'
 import type { Child, ProcessSet } from './procs.js'
 import { parseListeningLine, parseReadyLine } from '../../shared/ready.js'
 
@@ -65,7 +66,7 @@ export interface ProxyOptions {
 
 export async function startProxy (procs: ProcessSet, opts: ProxyOptions): Promise<Daemon> {
   const args = [
-    ...(opts.nodeArgs ?? []), PROXY_BIN,
+    ...DAEMON_NODE_FLAGS, ...(opts.nodeArgs ?? []), PROXY_BIN,
     '--configfile', opts.configFile,
     ...(opts.bootstrap != null ? ['--bootstrap', opts.bootstrap] : []),
     ...(opts.server != null ? ['--metrics', '0'] : []),

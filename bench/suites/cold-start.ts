@@ -5,6 +5,7 @@ import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { DaemonLog, type LogLine } from '../lib/daemon-log.js'
 import { httpGet, startProxy, type Daemon, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, HELLO_APP, REPO_ROOT } from '../lib/paths.js'
+import { daemonArgv } from '../../shared/node-flags.js'
 import { median, round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
 import { parseReadyLine } from '../../shared/ready.js'
@@ -87,8 +88,8 @@ async function runRuntime (ctx: SuiteContext, runtime: 'process' | 'docker', n: 
     allocator = await ctx.procs.start<DaemonReady>({
       name: `allocator-${runtime}`,
       command: process.execPath,
-      args: [ALLOCATOR_BIN, '--configfile', configFile, '--runtime', runtime, '--metrics', '0', '--log-level', 'debug',
-        '--idle-timeout', '600', '--max-instances', String(n + 2), '--data-dir', join(ctx.tmp, `allocator-cold-${runtime}`)],
+      args: daemonArgv(ALLOCATOR_BIN, ['--configfile', configFile, '--runtime', runtime, '--metrics', '0', '--log-level', 'debug',
+        '--idle-timeout', '600', '--max-instances', String(n + 2), '--data-dir', join(ctx.tmp, `allocator-cold-${runtime}`)]),
       cwd: REPO_ROOT,
       ready: line => parseReadyLine(line) as DaemonReady | undefined
     })

@@ -2,6 +2,7 @@ import { join } from 'node:path'
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { SERVICE, startProxy, startTinyApp, writeBenchConfig, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, REPO_ROOT } from '../lib/paths.js'
+import { daemonArgv } from '../../shared/node-flags.js'
 import { pssBytes, rssBytes, rssSplit } from '../lib/proc-stats.js'
 import type { Child } from '../lib/procs.js'
 import { MB, round } from '../lib/stats.js'
@@ -41,7 +42,7 @@ export const footprint: Suite = {
           const allocator = await ctx.procs.start<DaemonReady>({
             name: 'allocator',
             command: process.execPath,
-            args: [ALLOCATOR_BIN, '--configfile', configFile, '--bootstrap', bootAddr, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-footprint')],
+            args: daemonArgv(ALLOCATOR_BIN, ['--configfile', configFile, '--bootstrap', bootAddr, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-footprint')]),
             cwd: REPO_ROOT,
             ready: line => parseReadyLine(line) as DaemonReady | undefined
           })

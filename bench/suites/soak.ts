@@ -4,6 +4,7 @@ import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { autocannonTimeline, type RateTimeline } from '../lib/load.js'
 import { startProxy, waitForRoute, type App, type Daemon, type DaemonReady } from '../lib/mesh.js'
 import { ALLOCATOR_BIN, HELLO_APP, REPO_ROOT } from '../lib/paths.js'
+import { daemonArgv } from '../../shared/node-flags.js'
 import { cpuDelta, cpuSnapshot, processTree, rssBytes, type CpuSnapshot } from '../lib/proc-stats.js'
 import type { Child, ProcessSet } from '../lib/procs.js'
 import { linearFit, MB, quantile, round } from '../lib/stats.js'
@@ -95,7 +96,7 @@ async function startTopology (ctx: SuiteContext): Promise<Topology> {
       const allocator = await ctx.procs.start<DaemonReady>({
         name: 'soak-allocator',
         command: process.execPath,
-        args: [ALLOCATOR_BIN, '--configfile', configFile, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-soak')],
+        args: daemonArgv(ALLOCATOR_BIN, ['--configfile', configFile, '--runtime', 'process', '--metrics', '0', '--data-dir', join(ctx.tmp, 'allocator-soak')]),
         cwd: REPO_ROOT,
         ready: line => parseReadyLine(line) as DaemonReady | undefined
       })

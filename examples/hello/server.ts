@@ -32,7 +32,16 @@ export interface HelloServerOptions {
   host: string
   port: number
   instance?: string
+  /** Share of requests (0–1) answered 500, as the seed's workers could be told to fail; never the health path. */
+  failureRate?: number
+  /** Requests wait a random time around this (uniform in 0–2×), before any other work. */
+  avgDelayMs?: number
+  /** For tests: the dice. */
+  random?: () => number
 }
+
+/** Paths that failure injection leaves alone, so the instance stays healthy and observable. */
+const NEVER_INJECTED = new Set(['/healthz', '/stats', '/api/v1/_crash'])
 
 export class HelloServer {
   private readonly server: Server
@@ -104,6 +113,16 @@ export class HelloServer {
       req.resume()
       sendText(res, 500, 'crashed\n')
       return
+    }
+
+    if (!NEVER_INJECTED.has(path)) {
+      const { failureRate = 0, avgDelayMs = 0, random = Math.random } = this.opts
+      if (avgDelayMs > 0) await delay(random() * 2 * avgDelayMs)
+      if (failureRate > 0 && random() < failureRate) {
+        req.resume()
+        sendText(res, 500, 'injected failure (FAILURE_RATE)\n')
+        return
+      }
     }
 
     if (path.startsWith('/echo')) { await this.echo(req, res); return }
@@ -248,6 +267,18 @@ async function streamChunks (res: ServerResponse, n: number, intervalMs: number)
   res.end()
 }
 
+/** A number from the environment within [min, max], or exit with one line naming it. */
+function envNumber (name: string, min: number, max: number): number | undefined {
+  const text = process.env[name]
+  if (text === undefined || text === '') return undefined
+  const value = Number(text)
+  if (!Number.isFinite(value) || value < min || value > max) {
+    process.stderr.write(`hello: invalid ${name} ${JSON.stringify(text)}: expected a number from ${min} to ${max}\n`)
+    process.exit(2)
+  }
+  return value
+}
+
 async function main (): Promise<void> {
   const rawPort = process.env.PORT ?? '8080'
   const port = Number(rawPort)
@@ -258,7 +289,9 @@ async function main (): Promise<void> {
   const server = new HelloServer({
     host: process.env.HOST ?? '127.0.0.1',
     port,
-    instance: process.env.INSTANCE === undefined || process.env.INSTANCE === '' ? undefined : process.env.INSTANCE
+    instance: process.env.INSTANCE === undefined || process.env.INSTANCE === '' ? undefined : process.env.INSTANCE,
+    failureRate: envNumber('FAILURE_RATE', 0, 1),
+    avgDelayMs: envNumber('AVG_DELAY_MS', 0, 600_000)
   })
   const actual = await server.start()
   process.stdout.write(`listening ${actual}\n`)

@@ -1,4 +1,5 @@
 import type { Sidecar } from '../../allocator/supervisor.js'
+import type { InstanceStats } from '../../shared/protocols/status.js'
 
 /** A stand-in for the server proxy: it reports whatever idle time the test sets. */
 export class FakeSidecar implements Sidecar {
@@ -15,6 +16,11 @@ export class FakeSidecar implements Sidecar {
     this.peerId = `12D3KooWfake${n}`
     this.multiaddrs = [`/ip4/127.0.0.1/tcp/${4000 + n}/p2p/${this.peerId}`]
     this.exited = new Promise(resolve => { this.markExited = resolve })
+  }
+
+  async stats (): Promise<InstanceStats | undefined> {
+    if (!this.running) return undefined
+    return { ok: 0, failed: 0, total: 0, inFlight: 0, rps: 0, avgMs: null, p99Ms: null, idleS: this.idleSeconds }
   }
 
   async idle (): Promise<number | undefined> {

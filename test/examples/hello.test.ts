@@ -186,3 +186,35 @@ describe('examples/hello server', () => {
     expect(await pending).toBeInstanceOf(Error)
   })
 })
+
+describe('examples/hello failure injection', () => {
+  afterAll(async () => { await stopAllDaemons() })
+
+  it('answers FAILURE_RATE of requests 500 and waits around AVG_DELAY_MS, never on its health path', async () => {
+    const app = await startProcess(SERVER, [], { env: { PORT: '0', FAILURE_RATE: '0.5', AVG_DELAY_MS: '20' }, isReady: parseListeningLine })
+    try {
+      const statuses = new Map<number, number>()
+      const started = performance.now()
+      for (let i = 0; i < 200; i++) {
+        const { status } = await call(app.ready, 'GET', '/')
+        statuses.set(status, (statuses.get(status) ?? 0) + 1)
+      }
+      const meanMs = (performance.now() - started) / 200
+      // Binomial(200, 0.5): 100 ± 7 (1σ); outside 60–140 is a < 1e-8 chance.
+      expect(statuses.get(500)).toBeGreaterThan(60)
+      expect(statuses.get(500)).toBeLessThan(140)
+      expect((statuses.get(200) ?? 0) + (statuses.get(500) ?? 0)).toBe(200)
+      // Uniform in 0–40 ms: a mean of 20 ms, plus the request itself.
+      expect(meanMs).toBeGreaterThan(12)
+      expect(meanMs).toBeLessThan(60)
+      for (let i = 0; i < 20; i++) expect((await call(app.ready, 'GET', '/healthz')).status).toBe(200)
+    } finally {
+      await app.stop()
+    }
+  })
+
+  it('refuses a FAILURE_RATE out of range with one line', async () => {
+    const app = startProcess(SERVER, [], { env: { PORT: '0', FAILURE_RATE: '2' }, isReady: parseListeningLine })
+    await expect(app).rejects.toThrow(/invalid FAILURE_RATE "2": expected a number from 0 to 1/)
+  })
+})

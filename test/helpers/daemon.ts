@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
+import { DAEMON_NODE_FLAGS } from '../../shared/node-flags.js'
 import { parseReadyLine, untilReady, type ReadyLine } from '../../shared/ready.js'
 
 export const REPO_ROOT = resolve(dirname(fileURLToPath(import.meta.url)), '../..')
@@ -100,8 +101,9 @@ process.once('exit', () => {
 })
 
 /** `node script args…`, inside a network namespace if one is named (`ip netns exec` execs it: the PID is node's). */
-function nodeCommand (script: string, args: string[], netns?: string): [string, string[]] {
-  return netns != null ? ['ip', ['netns', 'exec', netns, process.execPath, script, ...args]] : [process.execPath, [script, ...args]]
+function nodeCommand (script: string, args: string[], netns?: string, nodeFlags: readonly string[] = []): [string, string[]] {
+  const argv = [...nodeFlags, script, ...args]
+  return netns != null ? ['ip', ['netns', 'exec', netns, process.execPath, ...argv]] : [process.execPath, argv]
 }
 
 /** Starts a hyphae daemon from dist/ and resolves once it printed `ready <json>`. */
@@ -110,7 +112,8 @@ export async function startDaemon (bin: BinName, givenArgs: string[], opts: Spaw
   return await startProcess(binPath(bin), args, {
     ...opts,
     afterExit: cleanup,
-    isReady: parseReadyLine
+    isReady: parseReadyLine,
+    nodeFlags: DAEMON_NODE_FLAGS
   })
 }
 
@@ -119,13 +122,15 @@ export interface StartProcessOptions<R> extends SpawnOptions {
   isReady: (line: string) => R | undefined
   /** Runs once the process exited, before `stop` (or a failed start) resolves. */
   afterExit?: () => Promise<void>
+  /** Flags for node itself, before the script. */
+  nodeFlags?: readonly string[]
 }
 
 /** Runs `node script args…` and resolves once a stdout line satisfies `isReady`. */
 export async function startProcess<R> (script: string, args: string[], opts: StartProcessOptions<R>): Promise<StartedProcess<R>> {
   const timeoutMs = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS
   // Its own process group, so that the SIGKILL fallback also takes whatever it started.
-  const [command, argv] = nodeCommand(script, args, opts.netns)
+  const [command, argv] = nodeCommand(script, args, opts.netns, opts.nodeFlags)
   const proc = spawn(command, argv, {
     cwd: opts.cwd ?? REPO_ROOT,
     env: { ...process.env, ...opts.env },
