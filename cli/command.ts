@@ -7,8 +7,10 @@ export interface Io {
   out: (line: string) => void
   err: (line: string) => void
   env: NodeJS.ProcessEnv
-  /** Whether out goes to a terminal (progress and redraws), else plain lines. */
+  /** Whether out goes to a terminal (redraws), else plain lines. */
   tty?: boolean
+  /** stderr, when it is a terminal: progress redraws a wait in place there. */
+  errTerminal?: { write: (chunk: string) => void }
 }
 
 export interface Command {

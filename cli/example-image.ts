@@ -48,7 +48,8 @@ export async function ensureExampleImage (progress: (line: string) => void = () 
   for (const file of toystore) hash.update(file)
   const digest = hash.digest('hex').slice(0, 16)
   if (await imageDigest(EXAMPLE_IMAGE) === digest) return EXAMPLE_IMAGE
-  progress(`building the local image ${EXAMPLE_IMAGE} (node ${process.version} and the example app)`)
+  const began = performance.now()
+  progress(`building the local image ${EXAMPLE_IMAGE} (node ${process.version} and the example app)…`)
 
   const root = await mkdtemp(join(tmpdir(), 'hyphae-image-'))
   try {
@@ -75,6 +76,7 @@ export async function ensureExampleImage (progress: (line: string) => void = () 
     await rm(root, { recursive: true, force: true })
   }
   if (await imageDigest(EXAMPLE_IMAGE) !== digest) throw new Error(`docker import did not produce ${EXAMPLE_IMAGE}`)
+  progress(`built ${EXAMPLE_IMAGE} in ${((performance.now() - began) / 1000).toFixed(1)} s`)
   return EXAMPLE_IMAGE
 }
 

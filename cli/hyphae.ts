@@ -54,7 +54,8 @@ function processIo (): Io {
     out: line => { process.stdout.write(line + '\n') },
     err: line => { process.stderr.write(line + '\n') },
     env: process.env,
-    tty: process.stdout.isTTY
+    tty: process.stdout.isTTY,
+    errTerminal: process.stderr.isTTY ? { write: chunk => { process.stderr.write(chunk) } } : undefined
   }
 }
 

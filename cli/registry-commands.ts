@@ -7,6 +7,7 @@ import { UsageError } from '../shared/errors.js'
 import { loadOrCreateKey } from '../shared/identity.js'
 import { describeIssues, InvalidRecordError, parseRecord, recordSchema, SERVICE_NAME, type ServiceRecord } from '../shared/registry/record.js'
 import { dispatch, onePositional, parseCommand, type Command, type Io } from './command.js'
+import { Progress } from './progress.js'
 import { NODE_OPTIONS, nodeSetup, withShortLivedNode } from './short-lived-node.js'
 
 type NumberField = 'port' | 'softRttMs' | 'hardRttMs' | 'cpu' | 'memoryMb' | 'targetRps' | 'minInstances' | 'maxInstances' | 'seq'
@@ -127,7 +128,9 @@ async function registryPut (argv: string[], io: Io): Promise<number> {
     if ((result.record.minInstances ?? 0) === 0) return 0
 
     const { deploy } = await import('./deploy.js')
-    const deployed = await deploy(result.record, { node, log: setup.log, allocators: survey.trusting, progress: line => { io.err(`hyphae: ${line}`) } })
+    const progress = new Progress({ line: io.err, terminal: io.errTerminal })
+    const deployed = await deploy(result.record, { node, log: setup.log, allocators: survey.trusting, progress: line => { progress.line(`hyphae: ${line}`) } })
+      .finally(() => { progress.close() })
     if (deployed.up >= deployed.wanted) return 0
     const why = deployed.refusals.length > 0 ? deployed.refusals.join('; ') : survey.trusting.length === 0 ? 'no allocator seen runs its signer\'s records' : 'time ran out'
     io.err(`hyphae: error: the record is stored, but only ${deployed.up} of the ${deployed.wanted} instances of '${name}' (minInstances) are up: ${why}`)

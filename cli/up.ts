@@ -9,6 +9,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { COMMON_OPTIONS, optionsHelp, parsers } from '../shared/cli-options.js'
 import { UsageError } from '../shared/errors.js'
 import { parseCommand, type Io } from './command.js'
+import { Progress } from './progress.js'
 import { dockerAvailable, ensureExampleImage, EXAMPLE_IMAGE } from './example-image.js'
 import { listenOnLoopback, PortUnavailableError } from '../shared/listen.js'
 import { createKeyFile } from '../shared/identity.js'
@@ -151,6 +152,16 @@ function toystoreServices (hello: { image?: string }): Record<string, unknown> {
   return { frontend: service('frontend'), catalog: service('catalog', { maxInstances: 1 }), order: service('order', { maxInstances: 1 }) }
 }
 
+/** The example image, built when missing or stale; on a terminal the build shows as a wait. */
+async function buildImage (io: Io): Promise<string> {
+  const progress = new Progress({ line: io.err, terminal: io.errTerminal })
+  try {
+    return await ensureExampleImage(line => { progress.line(`hyphae up: ${line}`) })
+  } finally {
+    progress.close()
+  }
+}
+
 /** `hyphae up`: the README's "run" command. */
 export async function up (argv: string[], io: Io): Promise<number> {
   const { values, positionals } = parseCommand(argv, OPTIONS)
@@ -178,7 +189,7 @@ export async function up (argv: string[], io: Io): Promise<number> {
     }
   }
   const hello = runtime === 'docker'
-    ? { image: await ensureExampleImage(line => { io.err(`hyphae up: ${line}`) }), port: 8080, health: '/healthz' }
+    ? { image: await buildImage(io), port: 8080, health: '/healthz' }
     : { command: `"${process.execPath}" "${HELLO_MAIN}"`, health: '/healthz' }
   const dir = await mkdtemp(join(tmpdir(), 'hyphae-up-'))
   // The allocator's data dir is inside: apps (run as nobody under root) pass through to their

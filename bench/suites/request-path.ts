@@ -1,16 +1,21 @@
+import { join } from 'node:path'
 import type { Suite, SuiteContext, SuiteResult } from '../lib/context.js'
 import { autocannonLatency, wrkAvailable, wrkThroughput, type LatencyResult, type ThroughputResult } from '../lib/load.js'
-import { SERVICE, startMesh, waitForRoute, type Mesh } from '../lib/mesh.js'
-import { nginxAvailable, startNginx } from '../lib/nginx.js'
+import { SERVICE, startMesh, waitForRoute, type App, type Mesh } from '../lib/mesh.js'
+import { nginxAvailable, opensslAvailable, selfSignedCertificate, startNginx } from '../lib/nginx.js'
+import { NODE_HOP } from '../lib/paths.js'
 import { cpuDelta, cpuSnapshot, processTree } from '../lib/proc-stats.js'
 import type { Child } from '../lib/procs.js'
 import { round } from '../lib/stats.js'
 import { naRow, type Row } from '../lib/table.js'
+import { parseListeningLine } from '../../shared/ready.js'
 
 /**
  * 1. The request path for a tiny GET (12 bytes), each way: direct to the app, through the
  * mesh (client proxy → libp2p /http/1.1 → server proxy → app) with pooled streams and with
- * one stream per request, and through two nginx hops (the cost of two plain proxies).
+ * one stream per request, and through two-hop chains of plain proxies, the cost of two hops
+ * without the mesh: two node:http relays (no encryption, no multiplexing), two nginx, and two
+ * nginx with TLS between them (the mesh encrypts between its hops too).
  * (a) max throughput at 32 connections (wrk), (b) latency at a fixed 200 req/s (autocannon
  * overallRate, one connection), (c) CPU seconds per 10k requests of every process on the path.
  */
@@ -79,6 +84,55 @@ async function measurePath (ctx: SuiteContext, path: PathSpec): Promise<PathResu
   }
 }
 
+/** Two node:http relays in a row in front of the app (bench/apps/node-hop.ts). */
+async function startNodeChain (ctx: SuiteContext, started: Array<Child<unknown>>, app: App): Promise<PathSpec> {
+  const startHop = async (name: string, upstreamPort: number): Promise<Child<number>> => {
+    const hop = await ctx.procs.start({
+      name,
+      command: process.execPath,
+      args: [NODE_HOP],
+      env: { PORT: '0', UPSTREAM_PORT: String(upstreamPort) },
+      ready: parseListeningLine
+    })
+    started.push(hop)
+    return hop
+  }
+  const back = await startHop('node-hop-back', app.ready)
+  const front = await startHop('node-hop-front', back.ready)
+  const url = `http://127.0.0.1:${front.ready}/`
+  await waitForRoute(url, 10_000)
+  return {
+    key: 'node2', label: 'node two-hop', url,
+    processes: () => ({ 'node hop 1': [front.pid], 'node hop 2': [back.pid], app: [app.pid] })
+  }
+}
+
+/** Why the nginx TLS chain cannot run here; undefined when it can. */
+function nginxTlsMissing (): string | undefined {
+  if (!nginxAvailable()) return 'n/a (nginx not installed)'
+  if (!opensslAvailable()) return 'n/a (openssl not installed)'
+  return undefined
+}
+
+/**
+ * Two nginx in a row in front of the app. With `tls`, the back one listens with TLS (a
+ * certificate made for this run) and the front one proxies to it over TLS.
+ */
+async function startNginxChain (ctx: SuiteContext, started: Array<Child<unknown>>, app: App, tls: boolean): Promise<PathSpec> {
+  const suffix = tls ? '-tls' : ''
+  const backTls = tls ? { tls: selfSignedCertificate(join(ctx.tmp, 'tls')) } : {}
+  const back = await startNginx(ctx.procs, ctx.tmp, `nginx-back${suffix}`, app.ready, backTls)
+  started.push(back)
+  const front = await startNginx(ctx.procs, ctx.tmp, `nginx-front${suffix}`, back.port, { upstreamTls: tls })
+  started.push(front)
+  const url = `http://127.0.0.1:${front.port}/`
+  await waitForRoute(url, 10_000)
+  return {
+    key: tls ? 'nginx2tls' : 'nginx2', label: tls ? 'nginx two-hop TLS' : 'nginx two-hop', url,
+    processes: () => ({ 'nginx front': processTree(front.pid), 'nginx back': processTree(back.pid), app: [app.pid] })
+  }
+}
+
 function pathRows (key: string, label: string, r: PathResult | undefined, why: string, roles: string[]): Row[] {
   const suite = 'request-path'
   if (r == null) {
@@ -105,13 +159,15 @@ function pathRows (key: string, label: string, r: PathResult | undefined, why: s
 
 export const requestPath: Suite = {
   name: 'request-path',
-  about: 'tiny GET: direct, mesh (pooled / stream per request), nginx two-hop: throughput, latency at 200 req/s, CPU per 10k',
+  about: 'tiny GET: direct, mesh (pooled / stream per request), node / nginx / nginx TLS two-hop: throughput, latency at 200 req/s, CPU per 10k',
   async run (ctx: SuiteContext): Promise<SuiteResult> {
     if (!wrkAvailable()) throw new Error('wrk is not installed (/usr/bin/wrk)')
     const perRequest = ctx.features.streamPerRequest
     const clients = [{ name: 'client-proxy' }, ...(perRequest ? [{ name: 'client-proxy-1stream', args: ['--stream-per-request'] }] : [])]
+    const tlsMissing = nginxTlsMissing()
     let mesh: Mesh | undefined
-    const nginx: Array<Child & { port: number }> = []
+    // The two-hop chains' processes, stopped last-started first.
+    const chains: Array<Child<unknown>> = []
     const results: Record<string, PathResult> = {}
     try {
       ctx.log('request-path: starting bootstrap, app, server proxy, client proxies')
@@ -131,47 +187,48 @@ export const requestPath: Suite = {
           processes: () => ({ 'client proxy': [m.clients[1].pid], 'server proxy': [m.server.pid], app: [app.pid] })
         })
       }
-      if (nginxAvailable()) {
-        const back = await startNginx(ctx.procs, ctx.tmp, 'nginx-back', app.ready)
-        nginx.push(back)
-        const front = await startNginx(ctx.procs, ctx.tmp, 'nginx-front', back.port)
-        nginx.push(front)
-        await waitForRoute(`http://127.0.0.1:${front.port}/`, 10_000)
-        paths.push({
-          key: 'nginx2', label: 'nginx two-hop', url: `http://127.0.0.1:${front.port}/`,
-          processes: () => ({ 'nginx front': processTree(front.pid), 'nginx back': processTree(back.pid), app: [app.pid] })
-        })
-      }
+      ctx.log('request-path: starting the two-hop chains')
+      paths.push(await startNodeChain(ctx, chains, app))
+      if (nginxAvailable()) paths.push(await startNginxChain(ctx, chains, app, false))
+      if (tlsMissing == null) paths.push(await startNginxChain(ctx, chains, app, true))
       for (const path of paths) results[path.key] = await measurePath(ctx, path)
     } finally {
-      for (const n of nginx.reverse()) await n.stop('SIGTERM')
+      for (const child of chains.reverse()) await child.stop('SIGTERM')
       await mesh?.stop()
     }
 
     const meshRoles = ['client proxy', 'server proxy', 'app']
+    const nginxRoles = ['nginx front', 'nginx back', 'app']
     const rows: Row[] = [
       ...pathRows('direct', 'direct', results.direct, 'n/a', ['app']),
       ...pathRows('mesh', 'mesh', results.mesh, 'n/a', meshRoles),
       ...pathRows('mesh-1stream', 'mesh, stream/request', results['mesh-1stream'],
         perRequest ? 'n/a' : 'n/a (no --stream-per-request in this build)', meshRoles),
-      ...pathRows('nginx2', 'nginx two-hop', results.nginx2, 'n/a (nginx not installed)', ['nginx front', 'nginx back', 'app'])
+      ...pathRows('node2', 'node two-hop', results.node2, 'n/a', ['node hop 1', 'node hop 2', 'app']),
+      ...pathRows('nginx2', 'nginx two-hop', results.nginx2, 'n/a (nginx not installed)', nginxRoles),
+      ...pathRows('nginx2tls', 'nginx two-hop TLS', results.nginx2tls, tlsMissing ?? 'n/a', nginxRoles)
     ]
 
     // The targets, as ratios and differences.
     const suite = 'request-path'
-    const ratio = (key: string): number | null => results[key] != null && results.nginx2 != null ? round(results[key].throughput.rps / results.nginx2.throughput.rps) : null
+    const ratio = (key: string, base = 'nginx2'): number | null => results[key] != null && results[base] != null ? round(results[key].throughput.rps / results[base].throughput.rps) : null
     const added = (key: string, q: 'p50Ms' | 'p99Ms'): number | null => results[key] != null && results.direct != null ? round(results[key].latency[q] - results.direct.latency[q]) : null
     const ratioNa = results.nginx2 == null ? 'n/a (nginx not installed)' : 'n/a'
+    const tlsNa = tlsMissing ?? 'n/a'
     const oneNa = perRequest ? 'n/a' : 'n/a (no --stream-per-request in this build)'
     const withNa = (row: Row, why: string): Row => row.value == null ? { ...row, na: why } : row
     rows.push(
       withNa({ id: 'request.rps-ratio.mesh', suite, metric: 'throughput mesh / nginx two-hop', value: ratio('mesh'), unit: 'x', better: 'higher', target: { op: '>=', value: 0.5 } }, ratioNa),
       withNa({ id: 'request.rps-ratio.mesh-1stream', suite, metric: 'throughput mesh stream/request / nginx', value: ratio('mesh-1stream'), unit: 'x', better: 'higher', target: { op: '>=', value: 0.5 } }, perRequest ? ratioNa : oneNa),
+      withNa({ id: 'request.rps-ratio.mesh.node2', suite, metric: 'throughput mesh / node two-hop', value: ratio('mesh', 'node2'), unit: 'x', better: 'higher' }, 'n/a'),
+      withNa({ id: 'request.rps-ratio.mesh.nginx2tls', suite, metric: 'throughput mesh / nginx two-hop TLS', value: ratio('mesh', 'nginx2tls'), unit: 'x', better: 'higher' }, tlsNa),
       withNa({ id: 'request.added-p50.mesh', suite, metric: `added p50 over direct @${RATE} · mesh`, value: added('mesh', 'p50Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 1 } }, 'n/a'),
       withNa({ id: 'request.added-p99.mesh', suite, metric: `added p99 over direct @${RATE} · mesh`, value: added('mesh', 'p99Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 3 } }, 'n/a'),
       withNa({ id: 'request.added-p50.mesh-1stream', suite, metric: `added p50 over direct @${RATE} · stream/request`, value: added('mesh-1stream', 'p50Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 1 } }, oneNa),
       withNa({ id: 'request.added-p99.mesh-1stream', suite, metric: `added p99 over direct @${RATE} · stream/request`, value: added('mesh-1stream', 'p99Ms'), unit: 'ms', better: 'lower', target: { op: '<=', value: 3 } }, oneNa),
-      withNa({ id: 'request.added-p50.nginx2', suite, metric: `added p50 over direct @${RATE} · nginx two-hop`, value: added('nginx2', 'p50Ms'), unit: 'ms', better: 'lower' }, ratioNa)
+      withNa({ id: 'request.added-p50.node2', suite, metric: `added p50 over direct @${RATE} · node two-hop`, value: added('node2', 'p50Ms'), unit: 'ms', better: 'lower' }, 'n/a'),
+      withNa({ id: 'request.added-p50.nginx2', suite, metric: `added p50 over direct @${RATE} · nginx two-hop`, value: added('nginx2', 'p50Ms'), unit: 'ms', better: 'lower' }, ratioNa),
+      withNa({ id: 'request.added-p50.nginx2tls', suite, metric: `added p50 over direct @${RATE} · nginx two-hop TLS`, value: added('nginx2tls', 'p50Ms'), unit: 'ms', better: 'lower' }, tlsNa)
     )
     return {
       rows,

@@ -95,11 +95,14 @@ describe('hyphae up', () => {
     // Allocator, client proxy and the instance it started.
     const processes = await descendantsOf(up.pid)
     expect(processes.length).toBeGreaterThanOrEqual(3)
+    // Killed, it cannot remove its temporary dir (the key's path names it): the test does.
+    const dir = /--key (\/\S+)\/publisher\.key/.exec(await up.waitForStdout(/--key /))?.[1]
     try {
       await up.stop('SIGKILL')
       await waitFor(() => processes.every(pid => !isAlive(pid)), 'every process of the mesh gone', 15_000)
     } finally {
       for (const pid of processes.filter(isAlive)) process.kill(pid, 'SIGKILL')
+      if (dir?.startsWith(join(tmpdir(), 'hyphae-up-')) === true) await rm(dir, { recursive: true, force: true })
     }
   })
 
