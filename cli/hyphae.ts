@@ -25,6 +25,11 @@ const COMMANDS: Readonly<Record<string, Command>> = {
     summary: 'the whole mesh: services, instances and their stats, nodes',
     run: async (argv, io) => await (await import('./status.js')).status(argv, io)
   },
+  dashboard: {
+    usage: 'hyphae dashboard [OPTIONS]',
+    summary: 'the whole mesh live, as a page on 127.0.0.1',
+    run: async (argv, io) => await (await import('./dashboard.js')).dashboard(argv, io)
+  },
   up: {
     usage: 'hyphae up [OPTIONS]',
     summary: 'run a whole local mesh on this machine (demo)',

@@ -99,11 +99,15 @@ export async function surveyMesh (node: MeshNode, registry: RecordSource, option
   }))
   await settle()
 
+  // A node that lives on (the dashboard's, `--watch`) stays connected to sidecars it met, and
+  // asks them among its peers: an in-process sidecar does not answer, a process sidecar would
+  // list its instance a second time. Their allocator has told of them.
+  const sidecars = new Set([...nodes.values()].flatMap(n => n.role === 'allocator' ? n.instances.map(i => i.peerId) : []))
   return {
     at: Date.now(),
     tookMs: Math.round(performance.now() - began),
-    nodes: [...nodes.values()],
-    unanswered: [...unanswered].map(([peerId, error]) => ({ peerId, error })),
+    nodes: [...nodes.values()].filter(n => n.role === 'allocator' || !sidecars.has(n.peerId)),
+    unanswered: [...unanswered].filter(([peerId]) => !sidecars.has(peerId)).map(([peerId, error]) => ({ peerId, error })),
     partial
   }
 }

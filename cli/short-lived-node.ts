@@ -1,6 +1,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { COMMON_OPTIONS, type OptionValues } from '../shared/cli-options.js'
 import { loadMeshConfig, parseLogLevel, parseMultiaddr, type MeshConfig } from '../shared/config.js'
+import { UsageError } from '../shared/errors.js'
 import { createLogger, type Logger, type LogLevel } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import type { Registry } from '../shared/registry/registry.js'
@@ -40,6 +41,13 @@ export function nodeSetup (options: NodeOptions, env: NodeJS.ProcessEnv): NodeSe
   const fromEnv = env.HYPHAE_LOG_LEVEL != null && env.HYPHAE_LOG_LEVEL !== '' ? env.HYPHAE_LOG_LEVEL : undefined
   const log = createLogger('hyphae', options['log-level'] ?? parseLogLevel(fromEnv ?? DEFAULT_LOG_LEVEL))
   return { options, config, log }
+}
+
+/** nodeSetup for a command that surveys the mesh: without a bootstrap it has no one to ask. */
+export function surveyNodeSetup (options: NodeOptions, env: NodeJS.ProcessEnv): NodeSetup {
+  const setup = nodeSetup(options, env)
+  if (setup.config.bootstraps.length === 0) throw new UsageError('no bootstrap to ask the mesh through: give --bootstrap MULTIADDR (a daemon prints its own as `bootstrap …` when it starts), or set Bootstraps in the config')
+  return setup
 }
 
 /**

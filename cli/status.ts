@@ -2,7 +2,7 @@ import { option, optionsHelp, parsers } from '../shared/cli-options.js'
 import { UsageError } from '../shared/errors.js'
 import { parseCommand, type Io } from './command.js'
 import { STATUS_DEFAULTS } from './mesh-status.js'
-import { NODE_OPTIONS, nodeSetup, withShortLivedNode } from './short-lived-node.js'
+import { NODE_OPTIONS, surveyNodeSetup, withShortLivedNode } from './short-lived-node.js'
 
 const OPTIONS = {
   json: option({ help: 'print the survey as JSON instead of tables', parse: parsers.flag }),
@@ -29,8 +29,7 @@ export async function status (argv: string[], io: Io): Promise<number> {
     return 0
   }
   if (positionals.length > 0) throw new UsageError(`unexpected argument '${positionals[0]}'`)
-  const setup = nodeSetup(values, io.env)
-  if (setup.config.bootstraps.length === 0) throw new UsageError('no bootstrap to ask the mesh through: give --bootstrap MULTIADDR (a daemon prints its own as `bootstrap …` when it starts), or set Bootstraps in the config')
+  const setup = surveyNodeSetup(values, io.env)
   // Loaded on use: the tables and the survey need libp2p, which --help and usage errors need not load.
   const { surveyMesh } = await import('./mesh-status.js')
   const { formatMeshStatus } = await import('./status-table.js')
