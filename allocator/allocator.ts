@@ -71,8 +71,10 @@ const STATUS_FRESH_MS = 1000
 /** A sidecar that has not told its stats in this long is listed without them. */
 const SIDECAR_STATS_TIMEOUT_MS = 1000
 
-/** Instance states that hold a share of the host. */
+/** Instance states that count against a service's instances here. */
 const LIVE_STATES = new Set(['starting', 'healthy', 'unhealthy', 'relaunching'])
+/** Instance states that hold a share of the host: a stopping one still does, until it is gone. */
+const HOLDING_STATES = new Set([...LIVE_STATES, 'stopping'])
 
 /**
  * The allocator: answers `/hyphae/alloc/1.0.0` by starting an instance of a service as its
@@ -375,7 +377,7 @@ export class Allocator {
   }
 
   private checkCapacity (record: ServiceRecord): void {
-    const live = [...this.supervisors].filter(s => LIVE_STATES.has(s.state))
+    const live = [...this.supervisors].filter(s => HOLDING_STATES.has(s.state))
     const max = this.init.maxInstances ?? DEFAULT_MAX_INSTANCES
     let reserved = 0
     for (const count of this.reserved.values()) reserved += count

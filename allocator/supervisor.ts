@@ -11,7 +11,8 @@ import { SidecarKeeper, type Sidecar, type StartSidecar } from './sidecar-keeper
 export { backoffDelay, type BackoffConfig } from './health-verdict.js'
 export type { Sidecar, StartSidecar } from './sidecar-keeper.js'
 
-export type SupervisorState = 'starting' | 'healthy' | 'unhealthy' | 'relaunching' | 'stopped' | 'culled' | 'failed'
+/** stopping: being torn down (stopped, culled or failed), its sidecar first; not to be handed out. */
+export type SupervisorState = 'starting' | 'healthy' | 'unhealthy' | 'relaunching' | 'stopping' | 'stopped' | 'culled' | 'failed'
 
 /**
  * started: start() succeeded · healthy: healthy again after a relaunch · unhealthy: declared
@@ -73,7 +74,7 @@ export const SUPERVISOR_DEFAULTS = {
  */
 export class InstanceSupervisor {
   /** Once running, the health verdict tells healthy, unhealthy or relaunching apart. */
-  private lifecycle: 'starting' | 'running' | 'stopped' | 'culled' | 'failed' = 'starting'
+  private lifecycle: 'starting' | 'running' | 'stopping' | 'stopped' | 'culled' | 'failed' = 'starting'
   private relaunchCount = 0
   /** Why the app must be relaunched, when its health checks said so; the next tick does it. */
   private relaunchDue?: string
@@ -328,6 +329,7 @@ export class InstanceSupervisor {
       }
       // A start that failed on its own has already torn down and reported 'failed'.
       if (this.lifecycle === 'failed') return
+      this.lifecycle = 'stopping'
       await this.teardown()
       this.log.info({ reason, relaunches: this.relaunchCount }, `instance ${final}`)
       this.finish(final)

@@ -3,7 +3,7 @@
 // runs the benchmark suites against the built daemons in dist/, prints one table (with the
 // previous run's figures beside them) and writes bench/results/<date>.json.
 import '../shared/polyfill.js'
-import { mkdtempSync, rmSync } from 'node:fs'
+import { chmodSync, mkdtempSync, rmSync } from 'node:fs'
 import { loadavg, tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { parseArgs } from 'node:util'
@@ -82,6 +82,9 @@ async function main (): Promise<number> {
   const procs = new ProcessSet()
   const controller = new AbortController()
   const tmp = mkdtempSync(join(tmpdir(), 'hyphae-bench-'))
+  // The allocators' data dirs are in it, and their apps (run as nobody under root) must pass
+  // through to their services' data: an allocator refuses to start apps that cannot.
+  chmodSync(tmp, 0o711)
   const cleanupSync = (): void => {
     procs.killAllSync()
     rmSync(tmp, { recursive: true, force: true })

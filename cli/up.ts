@@ -242,6 +242,9 @@ export async function up (argv: string[], io: Io): Promise<number> {
     }
     io.out('Publish a service of your own (signed with a key this mesh trusts):')
     io.out(`  hyphae registry put NAME --command 'CMD (listens on $PORT)' --key ${publisherKeyFile} --configfile ${configFile} --bootstrap ${allocator.ready.multiaddrs[0]}`)
+    io.out('See the whole mesh, once or live in a browser:')
+    io.out(`  hyphae status --configfile ${configFile} --bootstrap ${allocator.ready.multiaddrs[0]}`)
+    io.out(`  hyphae dashboard --configfile ${configFile} --bootstrap ${allocator.ready.multiaddrs[0]}`)
   })()
   const early = await Promise.race([startup.then(() => undefined), signalled]).catch(async (err: unknown) => {
     await stopAll()

@@ -1,4 +1,4 @@
-#!/usr/bin/env -S node --max-semi-space-size=2 --heap-growing-percent=20
+#!/usr/bin/env -S node --max-semi-space-size=2
 import '../shared/polyfill.js'
 import { collectDefaultMetrics, Registry as MetricsRegistry } from 'prom-client'
 import { COMMON_OPTIONS, option, optionsHelp, parseArgsOptions, parsers, readOptions } from '../shared/cli-options.js'

@@ -8,6 +8,8 @@ export class FakeSidecar implements Sidecar {
   idleSeconds = 0
   idleQueries = 0
   stopped = false
+  /** When set, stop() waits for it: a sidecar slow to go away. */
+  stopHeldUntil?: Promise<void>
   readonly exited: Promise<void>
   private markExited!: () => void
   private running = true
@@ -37,6 +39,7 @@ export class FakeSidecar implements Sidecar {
 
   async stop (): Promise<void> {
     this.stopped = true
+    await this.stopHeldUntil
     this.running = false
     this.markExited()
   }

@@ -221,6 +221,20 @@ describe('instance supervisor (process runtime, fake sidecar)', () => {
     expect(await statusOf(h.spec.hostPort, '/healthz')).toBeUndefined()
   })
 
+  it('is stopping, never healthy, while its sidecar and app are torn down', async () => {
+    const h = await harness(`node ${HELLO_SCRIPT}`)
+    await h.supervisor.start()
+    const release = Promise.withResolvers<void>()
+    h.sidecars[0].stopHeldUntil = release.promise
+    const stopped = h.supervisor.stop()
+    await waitFor(() => h.sidecars[0].stopped, 'the sidecar asked to stop')
+    // The allocator hands out healthy instances: one on its way out must not be one.
+    expect(h.supervisor.state).toBe('stopping')
+    release.resolve()
+    await stopped
+    expect(h.supervisor.state).toBe('stopped')
+  })
+
   it('keeps an instance that is busy, and restarts a sidecar that died', async () => {
     const h = await harness(`node ${HELLO_SCRIPT}`, {}, { idleTimeoutS: 1 })
     await h.supervisor.start()

@@ -120,9 +120,9 @@ describe('attacks on a default install', () => {
     const heapAtEnd = await heapUsed()
     const mb = (bytes: number): number => Math.round(bytes / 1e6)
     console.log(`40,000 unknown names: first 20,000 ${JSON.stringify(Object.fromEntries(statuses))}; RSS ${mb(rssAtStart)} → ${mb(rssAfterFirst)} MB after 20,000 → ${mb(rssAtEnd)} MB after 40,000; V8 heap used ${mb(heapAtStart)} → ${mb(heapAfterFirst)} → ${mb(heapAtEnd)} MB; /metrics ${metrics.length} bytes`)
-    // With the daemons' V8 flags (shared/node-flags.ts): +12–18 MB after 20,000 names, and
-    // +3 MB at most after 20,000 more; with Node's defaults, +20–47 MB and up to +20 more.
-    expect(rssAfterFirst - rssAtStart).toBeLessThan(40e6)
+    // The first round grows V8's heap by garbage not yet collected: +17–47 MB on a quiet
+    // machine, up to +77 MB with other tests running (heap used falls back once collected).
+    // What names leave behind would show as growth over the second: -7 to +20 MB measured.
     expect(rssAtEnd - rssAfterFirst).toBeLessThan(40e6)
   }, 300_000)
 

@@ -82,6 +82,11 @@ describe('hyphae up', () => {
     const { order_number: number } = (JSON.parse(order.body.toString()) as { data: { order_number: number } }).data
     const looked = await http(`${store}/orders/${number}`)
     expect(JSON.parse(looked.body.toString())).toMatchObject({ data: { order_number: number, name: 'kite', quantity: 2, price: 12 } })
+    // The printed status line shows the three tiers the order went through.
+    const statusLine = await up.waitForStdout(/^\s+hyphae status /)
+    const status = await runCli('hyphae', statusLine.trim().split(/\s+/).slice(1), { timeoutMs: 30_000 })
+    expect(status.code, status.stderr).toBe(0)
+    for (const service of ['frontend', 'catalog', 'order']) expect(status.stdout).toMatch(new RegExp(`^${service} +1/1 +100\\.00% `, 'm'))
     expect(await up.stop('SIGINT')).toBe(0)
   })
 
