@@ -239,8 +239,11 @@ export class Allocator {
           const running = await this.instanceCounter.count(record, signal, 0)
           if (running >= record.maxInstances) throw new AllocationError('capacity', `'${service}' already runs its maxInstances of ${record.maxInstances} in the mesh`)
         }
-        const hostPort = await freeLocalPort()
+        // The door first: it listens on a port of the OS's choosing, which could otherwise be
+        // the one just found free for the app (CI saw the app fail with EADDRINUSE, relaunched
+        // on that same port three times).
         door = await this.openDoor(service)
+        const hostPort = await freeLocalPort()
         supervisor = new InstanceSupervisor({
           runtime: this.init.runtime,
           spec: {

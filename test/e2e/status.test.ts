@@ -77,12 +77,16 @@ describe('hyphae status on a live mesh', () => {
     expect(roles).toEqual(['allocator', 'allocator', 'proxy:client', 'proxy:server', 'proxy:server'])
     expect(s.unanswered).toEqual([])
 
-    // hello: run by an allocator, its stats from the sidecar.
-    const [hello] = instancesOf(s, 'hello')
-    expect(hello.node.role).toBe('allocator')
-    expect(hello).toMatchObject({ state: 'healthy', relaunches: 0 })
-    expect(hello.stats).toMatchObject({ ok: 20, failed: 0, total: 20, inFlight: 0 })
-    expect(hello.stats?.p99Ms).toBeGreaterThan(0)
+    // hello: run by the allocators, its stats from the sidecars. A cold start slow to answer
+    // (a loaded machine) asks a second allocator too, so there may be two instances.
+    const hellos = instancesOf(s, 'hello')
+    for (const hello of hellos) {
+      expect(hello.node.role).toBe('allocator')
+      expect(hello).toMatchObject({ state: 'healthy', relaunches: 0 })
+      expect(hello.stats).toMatchObject({ failed: 0, inFlight: 0 })
+    }
+    expect(hellos.reduce((sum, i) => sum + (i.stats?.ok ?? 0), 0)).toBe(20)
+    expect(Math.max(...hellos.map(i => i.stats?.p99Ms ?? 0))).toBeGreaterThan(0)
 
     // flaky: the failing instance was ejected after a few runs of failures; the good one took the rest.
     const byPeer = new Map(instancesOf(s, 'flaky').map(i => [i.peerId, i]))
@@ -106,13 +110,13 @@ describe('hyphae status on a live mesh', () => {
     const { code, stdout } = await status()
     expect(code).toBe(0)
     expect(stdout).toMatch(/^SERVICE +INSTANCES +SUCCESS +RPS +P99 +REQUESTS$/m)
-    expect(stdout).toMatch(/^hello +1\/1 +100\.00% /m)
+    expect(stdout).toMatch(/^hello +([12])\/\1 +100\.00% /m)
     expect(stdout).toMatch(/^flaky +2\/2 /m)
     expect(stdout).toMatch(/ client proxy /)
     const scrapes = await Promise.all([allocator, processAllocator].map(async a => (await http(`http://127.0.0.1:${a.ready.metrics as number}/metrics`)).body.toString()))
-    const metrics = scrapes.find(text => /^hyphae_instance_requests\{service="hello"/m.test(text)) ?? ''
-    expect(metricValue(metrics, 'hyphae_instance_requests', { service: 'hello', result: 'ok' })).toBe(20)
-    expect(metricValue(metrics, 'hyphae_instance_age_seconds', { service: 'hello' })).toBeGreaterThanOrEqual(0)
+    const served = scrapes.reduce((sum, text) => sum + (/^hyphae_instance_requests\{service="hello"/m.test(text) ? metricValue(text, 'hyphae_instance_requests', { service: 'hello', result: 'ok' }) : 0), 0)
+    expect(served).toBe(20)
+    expect(scrapes.some(text => /^hyphae_instance_age_seconds\{service="hello",instance="[^"]+"\} \d+$/m.test(text))).toBe(true)
   }, 60_000)
 
   it('reads a process sidecar\'s stats over its metrics port', async () => {
@@ -146,7 +150,7 @@ describe('hyphae status on a live mesh', () => {
     await waitFor(() => surveys().length >= 2, 'a second survey', 15_000)
     const [first, second] = surveys().map(line => Date.parse(line.slice(4)))
     expect(second - first).toBeGreaterThanOrEqual(1000)
-    expect(watch.stdoutLines.filter(line => /^hello +1\/1 /.test(line)).length).toBeGreaterThanOrEqual(2)
+    expect(watch.stdoutLines.filter(line => /^hello +([12])\/\1 /.test(line)).length).toBeGreaterThanOrEqual(2)
     expect(await watch.stop('SIGINT')).toBe(0)
   }, 60_000)
 
