@@ -150,7 +150,10 @@ describe('hyphae status on a live mesh', () => {
     await waitFor(() => surveys().length >= 2, 'a second survey', 15_000)
     const [first, second] = surveys().map(line => Date.parse(line.slice(4)))
     expect(second - first).toBeGreaterThanOrEqual(1000)
-    expect(watch.stdoutLines.filter(line => /^hello +([12])\/\1 /.test(line)).length).toBeGreaterThanOrEqual(2)
+    // Each survey prints its tables again (what hello shows in each may differ: a cold start
+    // on a loaded machine can have started a second instance meanwhile).
+    expect(watch.stdoutLines.filter(line => /^SERVICE +INSTANCES +SUCCESS/.test(line)).length).toBeGreaterThanOrEqual(2)
+    expect(watch.stdoutLines.some(line => /^hello +\d\/\d /.test(line))).toBe(true)
     expect(await watch.stop('SIGINT')).toBe(0)
   }, 60_000)
 
