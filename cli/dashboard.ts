@@ -1,6 +1,7 @@
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { option, optionsHelp, parsers } from '../shared/cli-options.js'
+import { raceSignal } from '../shared/abort.js'
 import { errorMessage, UsageError } from '../shared/errors.js'
 import { listenOnLoopback } from '../shared/listen.js'
 import type { Logger } from '../shared/log.js'
@@ -100,30 +101,14 @@ export async function dashboard (argv: string[], io: Io): Promise<number> {
 async function surveyLoop (survey: () => Promise<MeshStatus>, intervalMs: number, signal: AbortSignal, log: Logger, publish: (s: MeshStatus) => void): Promise<void> {
   while (!signal.aborted) {
     try {
-      const next = await untilAborted(survey(), signal)
-      if (next === undefined) return
-      publish(next)
+      // Stopping does not wait for a survey in progress: it finishes unwatched.
+      publish(await raceSignal(survey(), signal))
     } catch (err) {
+      if (signal.aborted) return
       // The next survey may well succeed (a bootstrap back, the DHT settled): the page keeps the last one.
       log.error({ err }, `the survey failed: ${errorMessage(err)}`)
     }
     await sleep(intervalMs, undefined, { signal }).catch(() => {})
-  }
-}
-
-/** WORK's outcome, or undefined once SIGNAL aborts first; WORK then finishes unwatched. */
-async function untilAborted<T> (work: Promise<T>, signal: AbortSignal): Promise<T | undefined> {
-  work.catch(() => {})
-  if (signal.aborted) return undefined
-  let onAbort = (): void => {}
-  const aborted = new Promise<undefined>(resolve => {
-    onAbort = () => { resolve(undefined) }
-    signal.addEventListener('abort', onAbort, { once: true })
-  })
-  try {
-    return await Promise.race([work, aborted])
-  } finally {
-    signal.removeEventListener('abort', onAbort)
   }
 }
 
