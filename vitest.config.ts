@@ -41,8 +41,6 @@ export default defineConfig({
           include: TIMING_SENSITIVE,
           fileParallelism: false,
           maxWorkers: 1,
-          // A stall of the shared machine can skew one measurement; a real fault fails again.
-          retry: 1,
           sequence: { groupOrder: 1 }
         }
       }

@@ -1,12 +1,13 @@
-import { Agent, createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { Duplex } from 'node:stream'
-import type { Connection, Stream } from '@libp2p/interface'
+import type { Connection, Stream, StreamCloseEvent, StreamMessageEvent } from '@libp2p/interface'
+import { Uint8ArrayList } from 'uint8arraylist'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
-import { answerClientError, sendError } from './errors.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from '../shared/protocols/http.js'
-import { hasNoBody, relay, RelayError } from './relay.js'
-import { StreamSocket } from './stream-socket.js'
+import { AppPool, type AppHandler, type AppLease } from './app-pool.js'
+import { errorResponseBytes } from './errors.js'
+import { forwardRawHeaders } from './headers.js'
+import { BodyError, MessageBody } from './http1-body.js'
+import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, responseFraming, serializeHead, type RequestHead, type ResponseHead } from './http1-head.js'
 
 /**
  * What one untrusted peer, or all of them, may hold of this instance. Without these, a few
@@ -36,54 +37,67 @@ export interface InstanceServerInit {
   limits?: Partial<InstanceLimits>
 }
 
-/** One stream being served, with its header deadline. */
-interface Conn {
-  socket: StreamSocket
-  active: number
-  headersTimer?: NodeJS.Timeout
+/** Bytes of later (pipelined) requests read while one is served, before the stream is paused. */
+const READ_AHEAD_BYTES = 64 * 1024
+/** After our last answer on a stream, how long the peer has to close its end before a reset. */
+const LINGER_MS = 1000
+/** Why the stream is paused: bits, as both may hold at once. */
+const PAUSED_FOR_APP = 1
+const PAUSED_READ_AHEAD = 2
+/** A peer that went away mid-request (nginx's code: no HTTP status fits). */
+const PEER_GONE = 499
+const CR = 13
+const LF = 10
+
+/** A stream's deadlines: between requests, within a head, within a body, after closing. */
+type Deadline = 'keep-alive' | 'headers' | 'body' | 'linger'
+
+/** What a stream being served needs of its server. */
+interface Serving {
+  readonly limits: InstanceLimits
+  readonly pool: AppPool
+  readonly log: Logger
+  readonly appHost: string
+  readonly draining: boolean
+  /** Why a request of this peer is not taken now, or undefined. */
+  refusal: (peer: string) => string | undefined
+  started: (peer: string) => void
+  finished: (peer: string, status: number, durationMs: number) => void
+  closed: (stream: MeshStream) => void
 }
 
 /**
- * Serves `/http/1.1` streams from the mesh by forwarding them to the local app. Node's HTTP
- * server parses each stream, so both one-request streams (the libp2p HTTP spec) and pooled
- * keep-alive streams from hyphae peers work.
+ * Serves `/http/1.1` streams from the mesh by relaying them to the local app as bytes: each
+ * request head is parsed, checked and rewritten (hop-by-hop headers, Via, Forwarded), and
+ * everything else is copied verbatim between the stream and a pooled TCP connection to the
+ * app, with only the framing followed to know where each message ends. Both one-request
+ * streams (the libp2p HTTP spec) and pooled keep-alive streams from hyphae peers work.
  */
 export class InstanceServer {
-  private readonly server: Server
-  private readonly appAgent: Agent
   private readonly limits: InstanceLimits
-  private readonly sockets = new Map<StreamSocket, Conn>()
+  private readonly pool: AppPool
+  private readonly streams = new Set<MeshStream>()
   private readonly perPeer = new Map<string, number>()
-  private readonly appHost: string
+  private readonly serving: Serving
   private inFlight = 0
   private draining = false
   private idleWaiters: Array<() => void> = []
 
   constructor (private readonly init: InstanceServerInit) {
-    this.limits = { ...INSTANCE_LIMITS, ...init.limits }
-    this.appAgent = new Agent({ keepAlive: true, maxSockets: this.limits.maxRequests, maxFreeSockets: 64, scheduling: 'lifo' })
-    this.appHost = `${init.app.host}:${init.app.port}`
-    // Node's own header and request timeouts are checked by a timer that only a listening
-    // server runs; ours is handed streams, so the deadlines are kept per stream below.
-    // requireHostHeader: HTTP/1.0 requests may lack Host; one is supplied for the app.
-    this.server = createServer({ keepAliveTimeout: SERVER_KEEP_ALIVE_MS, requestTimeout: 0, requireHostHeader: false })
-    // A spec-style client half-closes after its request: answer it, then close.
-    ;(this.server as Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true
-    this.server.on('request', this.onRequest)
-    this.server.on('checkContinue', this.onRequest)
-    // Protocol upgrades are not carried over the mesh. Without a listener Node neither answers
-    // them nor reports a broken body behind one: the stream would hang until a deadline.
-    this.server.on('upgrade', (_req: IncomingMessage, socket: Duplex) => {
-      // Node has let go of the socket (its error listener too): a stream the peer resets now
-      // would be an uncaught exception, the whole proxy down (found by the stream fuzzer).
-      socket.on('error', (err: Error) => { init.log.debug({ err }, 'mesh stream failed after an upgrade request') })
-      const body = JSON.stringify({ error: { code: 501, reason: 'upgrade_unsupported', message: 'protocol upgrades are not carried over the mesh' } })
-      socket.end(`HTTP/1.1 501 Not Implemented\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`)
-    })
-    this.server.on('clientError', (err: Error, socket) => {
-      init.log.debug({ err }, 'bad HTTP on a mesh stream')
-      answerClientError(err, socket)
-    })
+    const limits = this.limits = { ...INSTANCE_LIMITS, ...init.limits }
+    const pool = this.pool = new AppPool({ host: init.app.host, port: init.app.port, max: limits.maxRequests })
+    const draining = (): boolean => this.draining
+    this.serving = {
+      limits,
+      pool,
+      log: init.log,
+      appHost: `${init.app.host}:${init.app.port}`,
+      get draining () { return draining() },
+      refusal: peer => this.refusal(peer),
+      started: peer => { this.started(peer) },
+      finished: (peer, status, durationMs) => { this.finished(peer, status, durationMs) },
+      closed: stream => { this.streams.delete(stream) }
+    }
   }
 
   get requestsInFlight (): number {
@@ -108,120 +122,712 @@ export class InstanceServer {
         this.idleWaiters.push(() => { clearTimeout(timer); resolve() })
       })
     }
-    this.server.close()
-    const closing = [...this.sockets.keys()].map(async socket => {
-      socket.end()
-      await new Promise<void>(resolve => {
-        // Reset, not a quiet close: a client whose request crossed our end must learn it
-        // will get no answer (and try elsewhere) rather than wait on a stream left half open.
-        const timer = setTimeout(() => { socket.destroy(new Error('the instance is stopping')); resolve() }, 1000)
-        socket.once('close', () => { clearTimeout(timer); resolve() })
-      })
-    })
-    await Promise.all(closing)
-    this.appAgent.destroy()
+    await Promise.all([...this.streams].map(async stream => { await stream.shutdown() }))
+    this.pool.destroy()
   }
 
   private readonly onStream = (stream: Stream, connection: Connection): void => {
-    const socket = new StreamSocket(stream, connection.remotePeer.toString())
-    const conn: Conn = { socket, active: 0 }
-    this.sockets.set(socket, conn)
-    // The first byte of a request starts its header deadline; the request event ends it.
-    socket.onInbound = () => {
-      if (conn.active === 0 && conn.headersTimer == null) {
-        conn.headersTimer = setTimeout(() => {
-          this.init.log.debug({ peer: socket.remotePeer }, 'request headers not complete in time: closing the stream')
-          socket.destroy()
-        }, this.limits.headersTimeoutMs)
-        conn.headersTimer.unref()
-      }
+    try {
+      this.streams.add(new MeshStream(stream, connection.remotePeer.toString(), this.serving))
+    } catch (err) {
+      this.init.log.error({ err }, 'cannot serve a mesh stream')
+      stream.abort(err as Error)
     }
-    socket.once('close', () => {
-      clearTimeout(conn.headersTimer)
-      this.sockets.delete(socket)
-    })
-    this.server.emit('connection', socket)
   }
 
-  private readonly onRequest = (req: IncomingMessage, res: ServerResponse): void => {
-    const socket = req.socket as unknown as StreamSocket
-    const conn = this.sockets.get(socket)
-    if (conn != null) {
-      clearTimeout(conn.headersTimer)
-      conn.headersTimer = undefined
-    }
-    const peer = socket.remotePeer
-    const peerCount = this.perPeer.get(peer) ?? 0
-    if (this.inFlight >= this.limits.maxRequests || peerCount >= this.limits.maxRequestsPerPeer) {
-      // Fast, and the stream is not kept: its unread body must not hold anything.
-      res.shouldKeepAlive = false
-      sendError(res, 503, 'overloaded', this.inFlight >= this.limits.maxRequests
-        ? `the instance is serving its maximum of ${this.limits.maxRequests} requests`
-        : `the instance is serving its maximum of ${this.limits.maxRequestsPerPeer} requests for one peer`)
-      return
-    }
+  private refusal (peer: string): string | undefined {
+    if (this.inFlight >= this.limits.maxRequests) return `the instance is serving its maximum of ${this.limits.maxRequests} requests`
+    if ((this.perPeer.get(peer) ?? 0) >= this.limits.maxRequestsPerPeer) return `the instance is serving its maximum of ${this.limits.maxRequestsPerPeer} requests for one peer`
+    return undefined
+  }
+
+  private started (peer: string): void {
     this.inFlight++
-    this.perPeer.set(peer, peerCount + 1)
-    if (conn != null) conn.active++
-    // Only a request with a body can stall in it: the rest pay for no timer.
-    const stopBodyWatch = hasNoBody(req) ? undefined : this.watchBody(req, socket)
-    // Draining: this answer is the stream's last, so the client opens a new one elsewhere.
-    if (this.draining) res.shouldKeepAlive = false
+    this.perPeer.set(peer, (this.perPeer.get(peer) ?? 0) + 1)
     this.init.onRequest?.('start')
-    const startedAt = performance.now()
-    relay(req, res, {
-      agent: this.appAgent,
-      host: this.init.app.host,
-      port: this.init.app.port,
-      path: req.url ?? '/',
-      forward: { peer, defaultHost: this.appHost }
-    }).then(result => {
-      this.finished(peer, conn, result.status, stopBodyWatch, startedAt)
-    }, (err: RelayError) => {
-      if (err.phase !== 'response' && !err.clientGone) {
-        this.init.log.warn({ err, app: this.appHost }, 'app unreachable')
-        sendError(res, 502, 'app_unreachable', `the instance's app did not answer: ${err.message}`)
-      }
-      this.finished(peer, conn, err.clientGone ? 499 : 502, stopBodyWatch, startedAt)
-    })
   }
 
-  /**
-   * Ends a request whose body stops arriving: a peer may not hold a connection to the app
-   * by sending a body slowly or not at all. Time the app spends not reading does not count.
-   */
-  private watchBody (req: IncomingMessage, socket: StreamSocket): () => void {
-    const previous = socket.onInbound
-    const timer = setTimeout(() => {
-      if (socket.readingPaused) {
-        timer.refresh()
-        return
-      }
-      this.init.log.debug({ peer: socket.remotePeer }, 'request body stalled: closing the stream')
-      socket.destroy()
-    }, this.limits.bodyIdleTimeoutMs)
-    timer.unref()
-    const stop = (): void => {
-      clearTimeout(timer)
-      if (socket.onInbound === refresh) socket.onInbound = previous
-    }
-    const refresh = (): void => { timer.refresh(); previous?.() }
-    socket.onInbound = refresh
-    req.once('end', stop)
-    req.once('close', stop)
-    return stop
-  }
-
-  private finished (peer: string, conn: Conn | undefined, status: number, stopBodyWatch: (() => void) | undefined, startedAt: number): void {
-    stopBodyWatch?.()
+  private finished (peer: string, status: number, durationMs: number): void {
     this.inFlight--
     const left = (this.perPeer.get(peer) ?? 1) - 1
     if (left > 0) this.perPeer.set(peer, left)
     else this.perPeer.delete(peer)
-    if (conn != null) conn.active--
-    this.init.onRequest?.('end', status, performance.now() - startedAt)
+    this.init.onRequest?.('end', status, durationMs)
     if (this.inFlight === 0) {
       for (const wake of this.idleWaiters.splice(0)) wake()
     }
   }
+}
+
+/**
+ * One stream from the mesh: reads a request head, relays that exchange, then reads the next
+ * head (one request at a time: what a peer pipelines waits, and past READ_AHEAD_BYTES the
+ * stream is paused). Every event listener catches what it throws: an exception out of one
+ * would take the whole proxy down.
+ */
+class MeshStream {
+  private phase: 'waiting' | 'serving' | 'closing' | 'closed' = 'waiting'
+  /** Bytes read and not yet used: a request head arriving, or what came after the request being served. */
+  private inbox: Buffer | undefined
+  /** How much of the inbox was searched for the end of a head. */
+  private scanned = 0
+  /** Where a growing inbox lives (see append). */
+  private store: Buffer | undefined
+  private exchange: Exchange | undefined
+  private pauses = 0
+  /** The peer closed its end, and every byte it sent has been read. */
+  private ended = false
+  /** One deadline at a time, each for its phase. */
+  private timer: NodeJS.Timeout | undefined
+  private timerKind: Deadline | undefined
+  private closeWaiters: Array<() => void> = []
+
+  constructor (private readonly stream: Stream, readonly peer: string, private readonly ctx: Serving) {
+    stream.addEventListener('message', this.onMessage)
+    stream.addEventListener('end', this.onEnd)
+    stream.addEventListener('close', this.onClose)
+    // Not stream.onDrain(): in @libp2p/utils 7.4 its promise is never renewed after the first
+    // drain, so every later wait would resolve at once and buffer without bound.
+    stream.addEventListener('drain', this.onDrain)
+    this.arm('keep-alive', SERVER_KEEP_ALIVE_MS)
+  }
+
+  /** Closes cleanly, and resets what is still open a second later. */
+  async shutdown (): Promise<void> {
+    if (this.phase === 'closed') return
+    const closed = new Promise<void>(resolve => this.closeWaiters.push(resolve))
+    this.closeGracefully()
+    // A reset, not a quiet close: a client whose request crossed our end must learn it will
+    // get no answer (and try elsewhere) rather than wait on a stream left half open.
+    const timer = setTimeout(() => { this.abort('the instance is stopping') }, LINGER_MS)
+    await closed
+    clearTimeout(timer)
+  }
+
+  private readonly onMessage = (evt: StreamMessageEvent): void => {
+    try {
+      const data = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray()
+      const chunk = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+      const exchange = this.exchange
+      if (exchange?.readingBody === true) {
+        if (this.timerKind === 'body') this.timer?.refresh()
+        exchange.fromPeer(chunk)
+        return
+      }
+      if (this.phase === 'closing' || this.phase === 'closed') return
+      this.keep(chunk)
+      if (this.phase === 'waiting') this.readHead()
+    } catch (err) {
+      this.crashed(err)
+    }
+  }
+
+  private readonly onEnd = (): void => {
+    try {
+      // Also dispatched as the stream is reset or aborted: 'close' follows and cleans up.
+      if (this.stream.status !== 'open' && this.stream.status !== 'closing') return
+      this.ended = true
+      if (this.phase === 'waiting') {
+        if (this.inbox != null) this.readHead()
+        else this.closeGracefully()
+      } else if (this.phase === 'serving') {
+        this.exchange?.peerEnded()
+      }
+    } catch (err) {
+      this.crashed(err)
+    }
+  }
+
+  private readonly onClose = (evt: StreamCloseEvent): void => {
+    try {
+      this.phase = 'closed'
+      this.disarm()
+      this.inbox = this.store = undefined
+      const exchange = this.exchange
+      this.exchange = undefined
+      if (exchange != null) {
+        if (evt.error != null) this.ctx.log.debug({ peer: this.peer, err: evt.error }, 'mesh stream reset mid-request')
+        exchange.abandon()
+      }
+      this.ctx.closed(this)
+      for (const wake of this.closeWaiters.splice(0)) wake()
+    } catch (err) {
+      this.ctx.log.error({ err, peer: this.peer }, 'cleaning up a closed mesh stream failed')
+    }
+  }
+
+  private readonly onDrain = (): void => {
+    try {
+      this.exchange?.peerDrained()
+    } catch (err) {
+      this.crashed(err)
+    }
+  }
+
+  private readonly onTimer = (): void => {
+    try {
+      switch (this.timerKind) {
+        case 'keep-alive':
+          this.closeGracefully()
+          return
+        case 'headers':
+          this.ctx.log.debug({ peer: this.peer }, 'request headers not complete in time: closing the stream')
+          this.abort('request headers not complete in time')
+          return
+        case 'body':
+          // Time the app spends not reading is not the peer's, until the app has answered.
+          if ((this.pauses & PAUSED_FOR_APP) !== 0 && this.exchange?.answered === false) {
+            this.timer?.refresh()
+            return
+          }
+          this.ctx.log.debug({ peer: this.peer }, 'request body stalled: closing the stream')
+          this.abort('request body stalled')
+          return
+        case 'linger':
+          this.abort('the peer did not close its end')
+      }
+    } catch (err) {
+      this.crashed(err)
+    }
+  }
+
+  /** Bytes that are not the current request's body: a head arriving, or what follows. */
+  keep (chunk: Buffer): void {
+    if (this.phase === 'closing' || this.phase === 'closed') return
+    this.inbox = this.inbox == null ? chunk : this.append(this.inbox, chunk)
+    if (this.phase === 'serving' && this.inbox.length > READ_AHEAD_BYTES) this.pause(PAUSED_READ_AHEAD)
+  }
+
+  /**
+   * inbox + chunk. The store grows by doubling, so that a head arriving a byte at a time
+   * costs linear copying, not quadratic. Only bytes past the inbox's end are written, and
+   * only while the inbox starts the store: nothing else can see them (what was handed on
+   * from an inbox was cut from its start, after which a new store is taken).
+   */
+  private append (inbox: Buffer, chunk: Buffer): Buffer {
+    const length = inbox.length + chunk.length
+    const store = this.store
+    if (store != null && inbox.buffer === store.buffer && inbox.byteOffset === store.byteOffset && length <= store.length) {
+      chunk.copy(store, inbox.length)
+      return store.subarray(0, length)
+    }
+    const grown = this.store = Buffer.allocUnsafe(Math.max(2 * length, 4096))
+    inbox.copy(grown)
+    chunk.copy(grown, inbox.length)
+    return grown.subarray(0, length)
+  }
+
+  private readHead (): void {
+    let inbox = this.inbox
+    if (inbox == null) return
+    // RFC 9112 §2.2: empty lines before a request line are skipped.
+    let start = 0
+    while (start + 1 < inbox.length && inbox[start] === CR && inbox[start + 1] === LF) start += 2
+    if (start > 0) {
+      this.scanned = 0
+      if (start === inbox.length) {
+        this.inbox = this.store = undefined
+        if (this.ended) this.closeGracefully()
+        else if (this.timerKind === 'headers') this.arm('keep-alive', SERVER_KEEP_ALIVE_MS)
+        return
+      }
+      inbox = this.inbox = inbox.subarray(start)
+    }
+    let head: RequestHead
+    let end: number
+    try {
+      end = findHeadEnd(inbox, this.scanned)
+      if (end === -1) {
+        if (inbox.length > MAX_HEAD_BYTES) throw new HeadError(431, 'headers_too_large', 'request headers too large')
+        if (this.ended) throw new HeadError(400, 'bad_request', 'malformed HTTP request: the stream ended within a request head')
+        this.scanned = inbox.length
+        // From the head's first byte (a head that comes whole needs no timer).
+        if (this.timerKind !== 'headers') this.arm('headers', this.ctx.limits.headersTimeoutMs)
+        return
+      }
+      head = parseRequestHead(inbox, end)
+    } catch (err) {
+      if (!(err instanceof HeadError)) throw err
+      this.ctx.log.debug({ peer: this.peer, err: err.message }, 'bad HTTP on a mesh stream')
+      this.answerAndClose(errorResponseBytes(err.status, err.reason, err.message, true))
+      return
+    }
+    this.inbox = end < inbox.length ? inbox.subarray(end) : undefined
+    // The rest is a view of the store, handed on as it is: the store is not written again.
+    this.store = undefined
+    this.scanned = 0
+    this.disarm()
+    this.begin(head)
+  }
+
+  private begin (head: RequestHead): void {
+    // Protocol upgrades are not carried over the mesh.
+    if (head.upgrade) {
+      this.answerAndClose(errorResponseBytes(501, 'upgrade_unsupported', 'protocol upgrades are not carried over the mesh', true))
+      return
+    }
+    const refusal = this.ctx.refusal(this.peer)
+    if (refusal != null) {
+      // Fast, and the stream is not kept: its unread body must not hold anything.
+      this.answerAndClose(errorResponseBytes(503, 'overloaded', refusal, true))
+      return
+    }
+    const exchange = new Exchange(this, this.ctx, head)
+    if (!exchange.start()) {
+      this.answerAndClose(errorResponseBytes(503, 'overloaded', 'every connection to the app is in use', true))
+      return
+    }
+    this.exchange = exchange
+    this.phase = 'serving'
+    this.ctx.started(this.peer)
+    if (exchange.readingBody) {
+      // Only a request with a body can stall in it: the rest pay for no timer.
+      this.arm('body', this.ctx.limits.bodyIdleTimeoutMs)
+      const rest = this.inbox
+      this.inbox = this.store = undefined
+      if (rest != null) exchange.fromPeer(rest)
+    } else if (this.inbox != null && this.inbox.length > READ_AHEAD_BYTES) {
+      this.pause(PAUSED_READ_AHEAD)
+    }
+  }
+
+  /** The request body is whole: its deadline ends. */
+  bodyRead (): void {
+    if (this.timerKind === 'body') this.disarm()
+  }
+
+  /** Sends to the peer: false when its buffer is full (wait for drain), undefined when the stream is gone. */
+  send (data: Uint8Array | Uint8ArrayList): boolean | undefined {
+    try {
+      return this.stream.send(data)
+    } catch (err) {
+      this.ctx.log.debug({ peer: this.peer, err }, 'mesh stream closed while sending')
+      this.abort('sending failed')
+      return undefined
+    }
+  }
+
+  /** The exchange is over: serve the next request, or close (`close`). */
+  exchangeOver (close: boolean): void {
+    this.exchange = undefined
+    if (this.phase !== 'serving') return
+    this.pauses &= ~PAUSED_FOR_APP
+    if (close) {
+      this.closeGracefully()
+      return
+    }
+    this.phase = 'waiting'
+    if (this.inbox != null) this.readHead()
+    else if (this.ended) this.closeGracefully()
+    else this.arm('keep-alive', SERVER_KEEP_ALIVE_MS)
+    // What came meanwhile may be read now: last, so that its listener sees the state settled.
+    if ((this.inbox?.length ?? 0) <= READ_AHEAD_BYTES) this.resume(PAUSED_READ_AHEAD)
+    else this.resume(0)
+  }
+
+  pause (why: number): void {
+    this.pauses |= why
+    if (this.stream.readStatus === 'readable') this.stream.pause()
+  }
+
+  resume (why: number): void {
+    this.pauses &= ~why
+    if (this.pauses === 0 && this.stream.readStatus === 'paused') this.stream.resume()
+  }
+
+  private answerAndClose (bytes: Buffer): void {
+    if (this.send(bytes) !== undefined) this.closeGracefully()
+  }
+
+  /**
+   * Half-closes once what was sent is flushed, reading on and dropping what still comes (a
+   * paused stream would hold it), and resets the stream if the peer does not close its end.
+   */
+  closeGracefully (): void {
+    if (this.phase === 'closing' || this.phase === 'closed') return
+    this.phase = 'closing'
+    const exchange = this.exchange
+    this.exchange = undefined
+    exchange?.abandon()
+    this.inbox = this.store = undefined
+    // A peer that reads nothing for a body's idle time is gone.
+    this.arm('linger', this.ctx.limits.bodyIdleTimeoutMs)
+    this.resume(PAUSED_FOR_APP | PAUSED_READ_AHEAD)
+    this.stream.close().then(() => {
+      if (this.phase === 'closing') this.arm('linger', LINGER_MS)
+    }, (err: unknown) => {
+      this.ctx.log.debug({ peer: this.peer, err }, 'closing a mesh stream failed')
+      this.abort('closing failed')
+    })
+  }
+
+  abort (why: string): void {
+    if (this.stream.status === 'open' || this.stream.status === 'closing') this.stream.abort(new Error(why))
+  }
+
+  /** A bug: the stream goes, the proxy stays. */
+  crashed (err: unknown): void {
+    this.ctx.log.error({ err, peer: this.peer }, 'serving a mesh stream failed')
+    try {
+      this.abort('internal error')
+    } catch (abortErr) {
+      this.ctx.log.error({ err: abortErr, peer: this.peer }, 'resetting a mesh stream failed')
+    }
+  }
+
+  private arm (kind: Deadline, ms: number): void {
+    clearTimeout(this.timer)
+    this.timerKind = kind
+    this.timer = setTimeout(this.onTimer, ms)
+    this.timer.unref()
+  }
+
+  private disarm (): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    this.timerKind = undefined
+  }
+}
+
+/**
+ * One request relayed to the app and its response relayed back. The request body and the
+ * response run at once (an app may answer before it has read everything); the exchange ends
+ * when both are whole, or once the response is whole if the stream closes after it anyway.
+ */
+class Exchange implements AppHandler {
+  /** Request body bytes from the peer go to the app. */
+  readingBody: boolean
+  private readonly body: MessageBody
+  private lease: AppLease | undefined
+  /** The response body, once the final response head is here. */
+  private response: MessageBody | undefined
+  private responseUntilClose = false
+  /** The response is chunked and the client speaks HTTP/1.0: only the data goes on. */
+  private dechunk = false
+  /** Response head bytes arriving. */
+  private appInbox: Buffer | undefined
+  private appScanned = 0
+  /** The final response head went to the peer: errors can no longer be answered. */
+  private headSent = false
+  private continued = false
+  private responseDone = false
+  private status = 0
+  private closeAfter = false
+  private appReusable = true
+  private appIdleMs: number | undefined
+  private over = false
+  private readonly startedAt = performance.now()
+
+  constructor (private readonly mesh: MeshStream, private readonly ctx: Serving, private readonly head: RequestHead) {
+    this.body = new MessageBody(head.framing)
+    this.readingBody = !this.body.done
+  }
+
+  /** Writes the head to the app; false when no connection to it can be had. */
+  start (): boolean {
+    const { head } = this
+    const chunked = head.framing.kind === 'chunked'
+    const headers = forwardRawHeaders(head.rawHeaders, { peer: this.mesh.peer, defaultHost: this.ctx.appHost, chunked })
+    // The body goes on verbatim, so its framing must too (forwardRawHeaders drops it as
+    // hop-by-hop, or when a Connection header names it).
+    if (head.framing.kind === 'length') withContentLength(headers, head.framing.length)
+    if (chunked) headers.push('Transfer-Encoding', 'chunked')
+    // HTTP/1.1 whatever the client spoke (RFC 9110 §6.2: a proxy sends its own version), as
+    // Node's client did: the app answers as it would any other request (Node's apps throw on
+    // trailers in an HTTP/1.0 answer), and its connection stays open for the next one.
+    const bytes = serializeHead(`${head.method} ${head.target} HTTP/1.1`, headers)
+    this.lease = this.ctx.pool.request(bytes, this, !this.readingBody)
+    return this.lease != null
+  }
+
+  /** Request bytes from the peer while its body is read: the body's part goes to the app. */
+  fromPeer (chunk: Buffer): void {
+    if (this.over) return
+    let n: number
+    try {
+      n = this.body.take(chunk)
+    } catch (err) {
+      if (!(err instanceof BodyError)) throw err
+      this.requestFailed(`malformed HTTP request body: ${err.message}`)
+      return
+    }
+    // Once the app is gone (its answer was whole), the rest of the body is dropped.
+    if (n > 0 && this.lease != null && !this.lease.write(n === chunk.length ? chunk : chunk.subarray(0, n))) this.mesh.pause(PAUSED_FOR_APP)
+    if (!this.body.done) return
+    this.readingBody = false
+    this.mesh.bodyRead()
+    if (n < chunk.length) this.mesh.keep(chunk.subarray(n))
+    this.maybeOver()
+  }
+
+  /** The peer ended its side: mid-body, the request is cut short. */
+  peerEnded (): void {
+    if (this.over || !this.readingBody) return
+    this.requestFailed('malformed HTTP request: the stream ended within the request body')
+  }
+
+  peerDrained (): void {
+    this.lease?.resume()
+  }
+
+  /** The stream is gone (reset, or closing): the app connection goes too. */
+  abandon (): void {
+    if (this.over) return
+    this.over = true
+    this.lease?.destroy()
+    this.lease = undefined
+    this.ctx.finished(this.mesh.peer, PEER_GONE, performance.now() - this.startedAt)
+  }
+
+  onData (chunk: Buffer): void {
+    try {
+      if (this.over) return
+      if (this.response == null) this.readHeads(chunk)
+      else this.relayBody(chunk)
+    } catch (err) {
+      this.mesh.crashed(err)
+    }
+  }
+
+  onEnd (): void {
+    try {
+      if (this.over) return
+      this.appGone()
+      if (this.response != null && this.responseUntilClose) {
+        this.responseDone = true
+        this.maybeOver()
+      } else if (!this.responseDone) {
+        this.appFailed(new Error('the app closed the connection before its response was complete'))
+      }
+      this.readOn()
+    } catch (err) {
+      this.mesh.crashed(err)
+    }
+  }
+
+  onError (err: Error): void {
+    try {
+      if (this.over) return
+      this.appGone()
+      // After a whole response, only the rest of the request body is lost: it is dropped.
+      if (!this.responseDone) this.appFailed(err)
+      this.readOn()
+    } catch (thrown) {
+      this.mesh.crashed(thrown)
+    }
+  }
+
+  onDrain (): void {
+    try {
+      this.mesh.resume(PAUSED_FOR_APP)
+    } catch (err) {
+      this.mesh.crashed(err)
+    }
+  }
+
+  /** The app's answer is whole. */
+  get answered (): boolean {
+    return this.responseDone
+  }
+
+  /** The pool let go of the connection (the app closed it, or it failed). */
+  private appGone (): void {
+    this.lease = undefined
+    this.appReusable = false
+  }
+
+  /** Without a connection nothing will drain: what the peer still sends is read (and dropped). */
+  private readOn (): void {
+    if (!this.over) this.mesh.resume(PAUSED_FOR_APP)
+  }
+
+  /** Response heads: 1xx ones are relayed as they come, then the final one. */
+  private readHeads (chunk: Buffer): void {
+    let buf = this.appInbox == null ? chunk : Buffer.concat([this.appInbox, chunk])
+    for (;;) {
+      let end: number
+      let head: ResponseHead
+      try {
+        end = findHeadEnd(buf, this.appScanned)
+        if (end === -1) {
+          if (buf.length > MAX_HEAD_BYTES) throw new HeadError(502, 'app_invalid_response', 'its head is too large')
+          this.appInbox = buf
+          this.appScanned = buf.length
+          return
+        }
+        head = parseResponseHead(buf, end)
+        // 101 answers an upgrade, and upgrades are never sent on.
+        if (head.status === 101) throw new HeadError(502, 'app_invalid_response', 'it switched protocols unasked')
+      } catch (err) {
+        if (!(err instanceof HeadError)) throw err
+        this.appFailed(err)
+        return
+      }
+      this.appInbox = undefined
+      this.appScanned = 0
+      const rest = end < buf.length ? buf.subarray(end) : undefined
+      if (head.status >= 200) {
+        this.relayHead(head, rest)
+        return
+      }
+      this.relayInterim(head)
+      if (this.over || rest == null) return
+      buf = rest
+    }
+  }
+
+  private relayInterim (head: ResponseHead): void {
+    // RFC 9110 §15.2: no 1xx to an HTTP/1.0 client.
+    if (this.head.minor === 0) return
+    if (head.status === 100) this.continued = true
+    this.toPeer(serializeHead(`HTTP/1.1 ${head.status} ${head.reason}`, forwardRawHeaders(head.rawHeaders)))
+  }
+
+  private relayHead (head: ResponseHead, rest: Buffer | undefined): void {
+    const req = this.head
+    const framing = responseFraming(head, req.method)
+    const response = new MessageBody(framing)
+    // An HTTP/1.0 client cannot read chunked framing: it gets the data, ended by the close.
+    this.dechunk = framing.kind === 'chunked' && req.minor === 0
+    let part: Uint8Array | Uint8ArrayList | undefined
+    if (rest != null) {
+      const taken = this.responsePart(response, rest)
+      if (taken === null) return
+      part = taken
+    }
+    this.response = response
+    this.responseUntilClose = framing.kind === 'close'
+    this.status = head.status
+    if (!head.keepAlive || head.minor === 0 || framing.kind === 'close') this.appReusable = false
+    // Keep-Alive: timeout=N is when the app closes: give the connection up a second before.
+    if (head.keepAliveMs != null) this.appIdleMs = head.keepAliveMs - 1000
+    // An answer before the body, to a client that waits for 100 Continue before sending it:
+    // that body may never come, so the stream is not kept for another request.
+    const unsentBody = req.expectContinue && !this.continued && this.readingBody
+    this.closeAfter = this.ctx.draining || !req.keepAlive || framing.kind === 'close' || this.dechunk || unsentBody
+    const chunked = framing.kind === 'chunked' && !this.dechunk
+    const headers = forwardRawHeaders(head.rawHeaders, { chunked })
+    if (framing.kind === 'length') withContentLength(headers, framing.length)
+    if (head.transferEncoding != null && framing.kind !== 'none' && !this.dechunk) headers.push('Transfer-Encoding', head.transferEncoding)
+    if (this.closeAfter) headers.push('Connection', 'close')
+    else if (req.minor === 0) headers.push('Connection', 'keep-alive')
+    const bytes = serializeHead(`HTTP/1.1 ${head.status} ${head.reason}`, headers)
+    this.headSent = true
+    // The head and the body's first bytes in one frame.
+    this.toPeer(part != null ? new Uint8ArrayList(bytes, part) : bytes)
+    if (this.over) return
+    if (response.done) {
+      this.responseDone = true
+      this.maybeOver()
+    }
+  }
+
+  private relayBody (chunk: Buffer): void {
+    const response = this.response as MessageBody
+    if (response.done) {
+      // Bytes past the response: the connection is out of step with its requests.
+      this.appReusable = false
+      return
+    }
+    const part = this.responsePart(response, chunk)
+    if (part === null) return
+    if (part !== undefined) this.toPeer(part)
+    if (this.over) return
+    if (response.done) {
+      this.responseDone = true
+      this.maybeOver()
+    }
+  }
+
+  /**
+   * The response's bytes in `chunk` as the peer gets them (undefined: none); null when they
+   * are no valid framing, and the exchange has failed.
+   */
+  private responsePart (response: MessageBody, chunk: Buffer): Uint8Array | Uint8ArrayList | undefined | null {
+    let n: number
+    let runs: Buffer[] | undefined
+    try {
+      if (this.dechunk) {
+        const data: Buffer[] = runs = []
+        n = response.take(chunk, 0, (from, to) => { data.push(chunk.subarray(from, to)) })
+      } else {
+        n = response.take(chunk)
+      }
+    } catch (err) {
+      if (!(err instanceof BodyError)) throw err
+      this.appFailed(err)
+      return null
+    }
+    if (n < chunk.length) this.appReusable = false
+    if (runs != null) return runs.length === 0 ? undefined : runs.length === 1 ? runs[0] : new Uint8ArrayList(...runs)
+    return n === 0 ? undefined : n === chunk.length ? chunk : chunk.subarray(0, n)
+  }
+
+  private toPeer (data: Uint8Array | Uint8ArrayList): void {
+    // A full stream holds the app back until it drains.
+    if (this.mesh.send(data) === false) this.lease?.pause()
+  }
+
+  /** Over once the response is whole and so is the request (unless the stream closes after). */
+  private maybeOver (): void {
+    if (this.over || !this.responseDone || (this.readingBody && !this.closeAfter)) return
+    this.over = true
+    const lease = this.lease
+    this.lease = undefined
+    if (lease != null) {
+      // A request not wholly sent leaves the connection mid-message.
+      if (this.readingBody) lease.destroy()
+      else lease.release(this.appReusable, this.appIdleMs)
+    }
+    this.ctx.finished(this.mesh.peer, this.status, performance.now() - this.startedAt)
+    this.mesh.exchangeOver(this.closeAfter)
+  }
+
+  /** The app failed (unreachable, reset, malformed): a 502 if nothing was sent yet, else a reset. */
+  private appFailed (err: Error): void {
+    const malformed = err instanceof HeadError || err instanceof BodyError
+    const message = malformed ? `the instance's app sent a malformed response: ${err.message}` : `the instance's app did not answer: ${err.message}`
+    if (malformed) this.ctx.log.debug({ err, app: this.ctx.appHost }, 'app sent a malformed response')
+    else this.ctx.log.warn({ err, app: this.ctx.appHost }, 'app unreachable')
+    this.fail(502, malformed ? 'app_invalid_response' : 'app_unreachable', message)
+  }
+
+  /** The peer's request is malformed or cut short past its head. */
+  private requestFailed (message: string): void {
+    this.ctx.log.debug({ peer: this.mesh.peer, message }, 'bad HTTP on a mesh stream')
+    this.readingBody = false
+    this.mesh.bodyRead()
+    if (this.responseDone) {
+      // The answer was whole: only the connection to the app, mid-request, is lost.
+      this.lease?.destroy()
+      this.lease = undefined
+      this.closeAfter = true
+      this.maybeOver()
+      return
+    }
+    this.fail(400, 'bad_request', message)
+  }
+
+  /** Ends the exchange with an error answer (before the response started) or a reset. */
+  private fail (status: number, reason: string, message: string): void {
+    if (this.over) return
+    this.over = true
+    this.lease?.destroy()
+    this.lease = undefined
+    this.ctx.finished(this.mesh.peer, status, performance.now() - this.startedAt)
+    if (this.headSent) {
+      this.mesh.abort(message)
+      return
+    }
+    const close = this.readingBody || this.ctx.draining || !this.head.keepAlive || status === 400
+    if (this.mesh.send(errorResponseBytes(status, reason, message, close)) !== undefined) this.mesh.exchangeOver(close)
+  }
+}
+
+/** Makes sure the head carries the Content-Length its body is framed by. */
+function withContentLength (headers: string[], length: number): void {
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i].length === 14 && headers[i].toLowerCase() === 'content-length') return
+  }
+  headers.push('Content-Length', String(length))
 }

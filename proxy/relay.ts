@@ -151,7 +151,7 @@ function answersChunked (req: IncomingMessage, answer: IncomingMessage): boolean
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
 
 /** True when the request carries no body, so it can be sent again as it is. */
-export function hasNoBody (req: IncomingMessage): boolean {
+function hasNoBody (req: IncomingMessage): boolean {
   const length = req.headers['content-length']
   return req.headers['transfer-encoding'] == null && (length == null || length === '0')
 }

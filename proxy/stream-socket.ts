@@ -16,8 +16,6 @@ export class StreamSocket extends Duplex {
   private idleTimeoutMs = 0
   private idleTimer: NodeJS.Timeout | undefined
   private idleTimerMs = 0
-  /** Called on every chunk that arrives (the server side's header and body deadlines). */
-  onInbound: (() => void) | undefined
 
   constructor (private readonly stream: Stream, remotePeer: string) {
     super({ allowHalfOpen: true, readableHighWaterMark: 256 * 1024, writableHighWaterMark: 256 * 1024 })
@@ -31,7 +29,6 @@ export class StreamSocket extends Duplex {
     const data = evt.data
     const bytes = data instanceof Uint8Array ? data : data.subarray()
     this.touch()
-    this.onInbound?.()
     if (!this.push(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength))) this.stream.pause()
   }
 
@@ -131,11 +128,6 @@ export class StreamSocket extends Duplex {
     this.idleTimerMs = this.idleTimeoutMs
     this.idleTimer = setTimeout(() => this.emit('timeout'), this.idleTimeoutMs)
     this.idleTimer.unref()
-  }
-
-  /** Whether we stopped reading (our reader is full): a silent peer is then not to blame. */
-  get readingPaused (): boolean {
-    return this.stream.readStatus === 'paused'
   }
 
   setNoDelay (): this { return this }

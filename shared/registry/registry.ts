@@ -106,10 +106,13 @@ export class Registry implements OriginRecordSource {
     this.lookupTimeoutMs = init.lookupTimeoutMs ?? 2_000
     this.maxConcurrentLookups = init.maxConcurrentLookups ?? 256
     this.clock = init.clock ?? Date.now
-    // Plenty for the names a host's apps use (a name is looked up again once a minute at most),
-    // and each made-up name a client sends beyond it costs the mesh no walk: at 100/s, 20,000
-    // made-up names grew a proxy's RSS by ~115 MB of walk garbage; at 20/s by ~40 MB.
-    const rate = init.lookupRate ?? { perSecond: 20, burst: 50 }
+    // Plenty for the names a host's apps use (a name is looked up again once a minute at most;
+    // the burst covers a proxy's first requests), and each made-up name a client sends beyond
+    // it costs the mesh no walk. A walk allocates ~0.4 MB in the proxy (kad-dht's query and
+    // routing-table updates, peer store merges; heap sampling profile of a 40,000-name flood)
+    // and lives long enough to reach the old generation: at 100/s, 20,000 made-up names grew
+    // a proxy's RSS by ~115 MB of walk garbage, at 20/s by 12–47 MB, at 10/s by 14–22 MB.
+    const rate = init.lookupRate ?? { perSecond: 10, burst: 50 }
     this.lookupBudget = new TokenBucket(rate.burst, rate.perSecond, this.clock)
     const maxCacheEntries = init.maxCacheEntries ?? 10_000
     this.dht = new DhtRecords(init.node, this.allowedSigners, this.log)

@@ -108,7 +108,7 @@ describe('attacks on a default install', () => {
     const heapAfterFirst = await heapUsed()
     // 404 each, or 503 beyond the lookups the registry makes per second: never anything else.
     expect([...statuses.keys()].every(s => s === 404 || s === 503)).toBe(true)
-    expect(statuses.get(404)).toBeGreaterThan(100)
+    expect(statuses.get(404)).toBeGreaterThan(40)
     const metrics = await clientMetrics()
     expect(metrics).not.toMatch(/made-up-/)
     expect(metricValue(metrics, 'hyphae_proxy_requests_total', { service: 'unknown', status: '404' }) + metricValue(metrics, 'hyphae_proxy_requests_total', { service: 'unknown', status: '503' })).toBe(20_000)
