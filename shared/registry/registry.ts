@@ -111,7 +111,8 @@ export class Registry implements OriginRecordSource {
     // it costs the mesh no walk. A walk allocates ~0.4 MB in the proxy (kad-dht's query and
     // routing-table updates, peer store merges; heap sampling profile of a 40,000-name flood)
     // and lives long enough to reach the old generation: at 100/s, 20,000 made-up names grew
-    // a proxy's RSS by ~115 MB of walk garbage, at 20/s by 12–47 MB, at 10/s by 14–22 MB.
+    // a proxy's RSS by ~115 MB of walk garbage, at 20/s by 12–47 MB, at 10/s by 14–22 MB
+    // (12–40 MB beside a CI run).
     const rate = init.lookupRate ?? { perSecond: 10, burst: 50 }
     this.lookupBudget = new TokenBucket(rate.burst, rate.perSecond, this.clock)
     const maxCacheEntries = init.maxCacheEntries ?? 10_000
