@@ -69,7 +69,7 @@ export class ClientProxy {
       buckets: [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000],
       registers
     })
-    const agents = new MeshAgents(init.node, init.streamPerRequest !== true)
+    const agents = new MeshAgents(init.node, init.streamPerRequest !== true, init.log)
     const finder = init.finder ?? new PeerFinder({ node: init.node, log: init.log })
     const router = new Router({
       finder,

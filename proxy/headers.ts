@@ -90,3 +90,11 @@ export function trailerPairs (raw: string[]): Array<[string, string]> {
   for (let i = 0; i < raw.length; i += 2) pairs.push([raw[i], raw[i + 1]])
   return pairs
 }
+
+/** Makes sure the head carries the Content-Length its body is framed by. */
+export function withContentLength (headers: string[], length: number | string): void {
+  for (let i = 0; i < headers.length; i += 2) {
+    if (headers[i].length === 14 && headers[i].toLowerCase() === 'content-length') return
+  }
+  headers.push('Content-Length', String(length))
+}

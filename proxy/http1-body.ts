@@ -65,8 +65,15 @@ export class MessageBody {
   private remaining = 0
   /** Bytes of the current chunk-size line, or of the trailer section so far. */
   private lineBytes = 0
+  /**
+   * The trailer section's bytes, LF between fields, for a reader that re-frames the body
+   * itself and must send the fields on (bounded by MAX_TRAILER_BYTES, as the section is).
+   */
+  private trailerBytes: number[] | undefined
 
-  constructor (framing: Framing) {
+  /** `keepTrailers`: collect the trailer section's fields, for `trailers`. */
+  constructor (framing: Framing, keepTrailers = false) {
+    if (keepTrailers && framing.kind === 'chunked') this.trailerBytes = []
     switch (framing.kind) {
       case 'none': this.state = DONE; break
       case 'length':
@@ -81,6 +88,22 @@ export class MessageBody {
   /** The whole body has been seen: any further byte is the next message's. */
   get done (): boolean {
     return this.state === DONE
+  }
+
+  /**
+   * The trailer fields as Node's flat [name, value, …] (values without surrounding whitespace),
+   * once the body is done; empty unless constructed with `keepTrailers`.
+   */
+  get trailers (): string[] {
+    const bytes = this.trailerBytes
+    if (bytes == null || bytes.length === 0 || this.state !== DONE) return []
+    const fields: string[] = []
+    for (const line of Buffer.from(bytes).toString('latin1').split('\n')) {
+      if (line === '') continue
+      const colon = line.indexOf(':')
+      fields.push(line.slice(0, colon), line.slice(colon + 1).replace(/^[\t ]+|[\t ]+$/g, ''))
+    }
+    return fields
   }
 
   /**
@@ -164,22 +187,27 @@ export class MessageBody {
         this.line(MAX_TRAILER_BYTES, 'the trailer section')
         if (c === CR) this.state = END_LF
         // No obs-fold, no line without a name: as in heads.
-        else if (TOKEN[c] === 1) this.state = TRAILER_NAME
-        else throw new BodyError('a trailer line that does not start with a field name')
+        else if (TOKEN[c] === 1) {
+          this.state = TRAILER_NAME
+          this.trailerBytes?.push(c)
+        } else throw new BodyError('a trailer line that does not start with a field name')
         return
       case TRAILER_NAME:
         this.line(MAX_TRAILER_BYTES, 'the trailer section')
         if (c === 0x3a) this.state = TRAILER_VALUE
         else if (TOKEN[c] === 0) throw new BodyError('an invalid trailer field name')
+        this.trailerBytes?.push(c)
         return
       case TRAILER_VALUE:
         this.line(MAX_TRAILER_BYTES, 'the trailer section')
         if (c === CR) this.state = TRAILER_LF
         else if (TEXT[c] === 0) throw new BodyError('a control character in a trailer field')
+        else this.trailerBytes?.push(c)
         return
       case TRAILER_LF:
         this.line(MAX_TRAILER_BYTES, 'the trailer section')
         if (c !== LF) throw new BodyError('a trailer line not ended by CRLF')
+        this.trailerBytes?.push(LF)
         this.state = TRAILER_START
         return
       case END_LF:

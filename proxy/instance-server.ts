@@ -5,7 +5,7 @@ import type { MeshNode } from '../shared/node.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from '../shared/protocols/http.js'
 import { AppPool, type AppHandler, type AppLease } from './app-pool.js'
 import { errorResponseBytes } from './errors.js'
-import { forwardRawHeaders } from './headers.js'
+import { forwardRawHeaders, withContentLength } from './headers.js'
 import { BodyError, MessageBody } from './http1-body.js'
 import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, responseFraming, serializeHead, type RequestHead, type ResponseHead } from './http1-head.js'
 
@@ -822,12 +822,4 @@ class Exchange implements AppHandler {
     const close = this.readingBody || this.ctx.draining || !this.head.keepAlive || status === 400
     if (this.mesh.send(errorResponseBytes(status, reason, message, close)) !== undefined) this.mesh.exchangeOver(close)
   }
-}
-
-/** Makes sure the head carries the Content-Length its body is framed by. */
-function withContentLength (headers: string[], length: number): void {
-  for (let i = 0; i < headers.length; i += 2) {
-    if (headers[i].length === 14 && headers[i].toLowerCase() === 'content-length') return
-  }
-  headers.push('Content-Length', String(length))
 }

@@ -61,6 +61,28 @@ describe('MessageBody: chunked', () => {
     }
   })
 
+  it('collects the trailer fields when asked, at every split', () => {
+    const buf = bytes(wire + NEXT)
+    for (const pieces of splits(buf)) {
+      const body = new MessageBody(CHUNKED, true)
+      for (const piece of pieces) body.take(piece)
+      expect(body.trailers).toEqual(['X-Checksum', 'abc', 'X-Empty', ''])
+    }
+    const tabs = new MessageBody(CHUNKED, true)
+    tabs.take(bytes('0\r\nX-A:\t a b \t\r\n\r\n'))
+    expect(tabs.trailers).toEqual(['X-A', 'a b'])
+    // Not asked, or none sent, or not yet whole: none.
+    const plain = new MessageBody(CHUNKED)
+    plain.take(bytes(wire))
+    expect(plain.trailers).toEqual([])
+    const none = new MessageBody(CHUNKED, true)
+    none.take(bytes('0\r\n\r\n'))
+    expect(none.trailers).toEqual([])
+    const partial = new MessageBody(CHUNKED, true)
+    partial.take(bytes('0\r\nX-A: 1\r\n'))
+    expect(partial.trailers).toEqual([])
+  })
+
   it('ends without trailers, and takes hex sizes in either case with leading zeros', () => {
     for (const text of ['0\r\n\r\n', '000\r\n\r\n', 'a\r\n0123456789\r\n0\r\n\r\n', 'A\r\n0123456789\r\n0\r\n\r\n', '00A\r\n0123456789\r\n0\r\n\r\n']) {
       for (const pieces of splits(bytes(text + NEXT))) expect(feed(CHUNKED, pieces)).toMatchObject({ taken: text.length, done: true })
