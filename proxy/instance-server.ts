@@ -4,6 +4,7 @@ import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, SERVER_KEEP_ALIVE_MS } from '../shared/protocols/http.js'
 import { AppPool, type AppHandler, type AppLease } from './app-pool.js'
+import { asBuffer } from './bytes.js'
 import { errorResponseBytes } from './errors.js'
 import { forwardRawHeaders, withContentLength } from './headers.js'
 import { BodyError, MessageBody } from './http1-body.js'
@@ -206,20 +207,24 @@ class MeshStream {
 
   private readonly onMessage = (evt: StreamMessageEvent): void => {
     try {
-      const data = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray()
-      const chunk = Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-      const exchange = this.exchange
-      if (exchange?.readingBody === true) {
-        if (this.timerKind === 'body') this.timer?.refresh()
-        exchange.fromPeer(chunk)
-        return
-      }
-      if (this.phase === 'closing' || this.phase === 'closed') return
-      this.keep(chunk)
-      if (this.phase === 'waiting') this.readHead()
+      // A list's pieces one by one: subarray() would copy them into one buffer.
+      if (evt.data instanceof Uint8Array) this.received(asBuffer(evt.data))
+      else for (const piece of evt.data) this.received(asBuffer(piece))
     } catch (err) {
       this.crashed(err)
     }
+  }
+
+  private received (chunk: Buffer): void {
+    const exchange = this.exchange
+    if (exchange?.readingBody === true) {
+      if (this.timerKind === 'body') this.timer?.refresh()
+      exchange.fromPeer(chunk)
+      return
+    }
+    if (this.phase === 'closing' || this.phase === 'closed') return
+    this.keep(chunk)
+    if (this.phase === 'waiting') this.readHead()
   }
 
   private readonly onEnd = (): void => {

@@ -5,6 +5,7 @@ import { deadline } from '../shared/abort.js'
 import type { Logger } from '../shared/log.js'
 import type { MeshNode } from '../shared/node.js'
 import { HTTP_PROTOCOL, MAX_HTTP_STREAMS, POOLED_STREAM_IDLE_MS } from '../shared/protocols/http.js'
+import { asBuffer } from './bytes.js'
 
 /**
  * Opening a stream takes ~1.3 ms on an open connection, and a dial of a new one a few round
@@ -147,17 +148,22 @@ export class PeerStream {
 
   private readonly onMessage = (evt: StreamMessageEvent): void => {
     try {
-      const user = this.user
-      if (user != null) {
-        const data = evt.data instanceof Uint8Array ? evt.data : evt.data.subarray()
-        user.onData(Buffer.from(data.buffer, data.byteOffset, data.byteLength))
-        return
-      }
-      // Bytes nobody asked for: the stream is out of step with its requests.
-      if (this.state === 'idle') this.abort(new Error('the instance sent bytes on an idle stream'))
+      // A list's pieces one by one: subarray() would copy them into one buffer.
+      if (evt.data instanceof Uint8Array) this.received(evt.data)
+      else for (const piece of evt.data) this.received(piece)
     } catch (err) {
       this.crashed(err)
     }
+  }
+
+  private received (data: Uint8Array): void {
+    const user = this.user
+    if (user != null) {
+      user.onData(asBuffer(data))
+      return
+    }
+    // Bytes nobody asked for: the stream is out of step with its requests.
+    if (this.state === 'idle') this.abort(new Error('the instance sent bytes on an idle stream'))
   }
 
   private readonly onEnd = (): void => {

@@ -17,7 +17,8 @@ export const DHT_PROTOCOL = '/hyphae/kad/1.0.0'
 /**
  * yamux's default 256 KiB window caps one stream at window ÷ RTT (about 5 MB/s at 50 ms).
  * A stream may grow its window to 16 MiB (320 MB/s at 50 ms); it starts at 1 MiB so short
- * responses never wait for a window update.
+ * responses never wait for a window update. By the yamux spec a stream starts at 256 KiB each
+ * way; the patched yamux (patches/) grants the rest with the stream's SYN or ACK.
  */
 export const STREAM_WINDOW = { initial: 1024 * 1024, max: 16 * 1024 * 1024 }
 

@@ -66,7 +66,7 @@ export const footprint: Suite = {
     }
     const suite = 'footprint'
     const row = (key: string, role: string): Row => rss[role] != null
-      ? { id: `footprint.${key}`, suite, metric: `idle RSS after ${waitS} s · ${role}`, value: rss[role], unit: 'MB', better: 'lower', target: { op: '<=', value: 80 } }
+      ? { id: `footprint.${key}`, suite, metric: `idle RSS after ${waitS} s · ${role}`, value: rss[role], unit: 'MB', better: 'lower', target: { op: '<=', value: 60 } }
       : naRow(`footprint.${key}`, suite, `idle RSS after ${waitS} s · ${role}`, 'MB', allocatorWhy, { op: '<=', value: 80 })
     return {
       rows: [row('client', 'client proxy'), row('server', 'server proxy'), row('allocator', 'allocator')],

@@ -59,6 +59,27 @@ describe('dependency patches', () => {
     expect(fewest).toBe(1)
   })
 
+  it('@libp2p/tcp: messages sent in one turn of the event loop, on two streams, leave in one socket write', async () => {
+    const accepted = new Promise<Stream>(resolve => { void b.handle(`${PROTOCOL}/2`, stream => { resolve(stream) }) })
+    const client2 = await a.dialProtocol(b.getMultiaddrs()[0], `${PROTOCOL}/2`, { signal: AbortSignal.timeout(5000) })
+    client2.send(new Uint8Array(1))
+    const server2 = await accepted
+    await received(server2)
+    const bPort = Number(/\/tcp\/(\d+)/.exec(b.getMultiaddrs()[0].toString())?.[1])
+    let fewest = Infinity
+    for (let i = 0; i < 20; i++) {
+      writes.clear()
+      const arrived = Promise.all([received(server), received(server2)])
+      // Two requests' worth at once, as a proxy sends them under load: unpatched, one write each.
+      client.send(MESSAGE)
+      client2.send(MESSAGE)
+      await arrived
+      fewest = Math.min(fewest, [...writes].filter(([local]) => local !== bPort).reduce((sum, [, n]) => sum + n, 0))
+    }
+    expect(fewest).toBe(1)
+    client2.abort(new Error('test over'))
+  })
+
   it('@chainsafe/libp2p-yamux: no window update for a message far below half the window', async () => {
     const frames: number[] = []
     const yamuxStream = server as unknown as { sendFrame: (header: { type: number }, data?: unknown) => void }
