@@ -215,11 +215,39 @@ function requestFraming (minor: number, transferEncoding: string | undefined, co
   return NO_BODY
 }
 
-const appFail = (message: string): HeadError => new HeadError(502, 'app_invalid_response', `the app sent a malformed response: ${message}`)
+/** A response head no one should send on; the message says what is wrong, the caller who sent it. */
+const appFail = (message: string): HeadError => new HeadError(502, 'app_invalid_response', message)
+
+/**
+ * Gathers a response's bytes until a head is whole, then gives it with the bytes after it
+ * (after an interim 1xx, more heads follow: read on with those). Throws HeadError (502) on
+ * a head too large or malformed, and on a 101: upgrades are never sent on.
+ */
+export class ResponseHeadReader {
+  private inbox: Buffer | undefined
+  private scanned = 0
+
+  /** The next head, `chunk` added to what came before it; undefined until it is whole. */
+  read (chunk: Buffer): { head: ResponseHead, rest: Buffer | undefined } | undefined {
+    const buf = this.inbox == null ? chunk : Buffer.concat([this.inbox, chunk])
+    const end = findHeadEnd(buf, this.scanned)
+    if (end === -1) {
+      if (buf.length > MAX_HEAD_BYTES) throw appFail('response headers too large')
+      this.inbox = buf
+      this.scanned = buf.length
+      return undefined
+    }
+    this.inbox = undefined
+    this.scanned = 0
+    const head = parseResponseHead(buf, end)
+    if (head.status === 101) throw appFail('a 101 Switching Protocols, unasked')
+    return { head, rest: end < buf.length ? buf.subarray(end) : undefined }
+  }
+}
 
 /** Parses the response head that ends at `end` (from findHeadEnd). Throws HeadError (502). */
 export function parseResponseHead (buf: Buffer, end: number): ResponseHead {
-  if (end > MAX_HEAD_BYTES) throw appFail('its headers are too large')
+  if (end > MAX_HEAD_BYTES) throw appFail('response headers too large')
   const lines = headLines(buf, end)
   const line = STATUS_LINE.exec(lines[0])
   if (line == null) throw appFail('an invalid status line')

@@ -8,7 +8,7 @@ import { asBuffer } from './bytes.js'
 import { errorResponseBytes } from './errors.js'
 import { forwardRawHeaders, withContentLength } from './headers.js'
 import { BodyError, MessageBody } from './http1-body.js'
-import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, responseFraming, serializeHead, type RequestHead, type ResponseHead } from './http1-head.js'
+import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, ResponseHeadReader, responseFraming, serializeHead, type RequestHead, type ResponseHead } from './http1-head.js'
 
 /**
  * What one untrusted peer, or all of them, may hold of this instance. Without these, a few
@@ -509,9 +509,7 @@ class Exchange implements AppHandler {
   private responseUntilClose = false
   /** The response is chunked and the client speaks HTTP/1.0: only the data goes on. */
   private dechunk = false
-  /** Response head bytes arriving. */
-  private appInbox: Buffer | undefined
-  private appScanned = 0
+  private readonly appHeads = new ResponseHeadReader()
   /** The final response head went to the peer: errors can no longer be answered. */
   private headSent = false
   private continued = false
@@ -648,36 +646,25 @@ class Exchange implements AppHandler {
 
   /** Response heads: 1xx ones are relayed as they come, then the final one. */
   private readHeads (chunk: Buffer): void {
-    let buf = this.appInbox == null ? chunk : Buffer.concat([this.appInbox, chunk])
-    for (;;) {
-      let end: number
-      let head: ResponseHead
+    let next: Buffer | undefined = chunk
+    while (next != null) {
+      let read
       try {
-        end = findHeadEnd(buf, this.appScanned)
-        if (end === -1) {
-          if (buf.length > MAX_HEAD_BYTES) throw new HeadError(502, 'app_invalid_response', 'its head is too large')
-          this.appInbox = buf
-          this.appScanned = buf.length
-          return
-        }
-        head = parseResponseHead(buf, end)
-        // 101 answers an upgrade, and upgrades are never sent on.
-        if (head.status === 101) throw new HeadError(502, 'app_invalid_response', 'it switched protocols unasked')
+        read = this.appHeads.read(next)
       } catch (err) {
         if (!(err instanceof HeadError)) throw err
         this.appFailed(err)
         return
       }
-      this.appInbox = undefined
-      this.appScanned = 0
-      const rest = end < buf.length ? buf.subarray(end) : undefined
+      if (read == null) return
+      const { head, rest } = read
       if (head.status >= 200) {
         this.relayHead(head, rest)
         return
       }
       this.relayInterim(head)
-      if (this.over || rest == null) return
-      buf = rest
+      if (this.over) return
+      next = rest
     }
   }
 

@@ -2,7 +2,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http'
 import { Uint8ArrayList } from 'uint8arraylist'
 import { forwardRawHeaders, trailerPairs, withContentLength, type ForwardHeaders } from './headers.js'
 import { BodyError, MessageBody } from './http1-body.js'
-import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseResponseHead, responseFraming, serializeHead, type ResponseHead } from './http1-head.js'
+import { HeadError, ResponseHeadReader, responseFraming, serializeHead, type ResponseHead } from './http1-head.js'
 import type { PeerAgent, PeerStream, StreamUser } from './mesh-agents.js'
 import { RelayError, type RelayPhase } from './relay-error.js'
 
@@ -58,9 +58,7 @@ class MeshExchange implements StreamUser {
   private sentOnDrain = false
   private requestSent = false
   // The answer.
-  /** Response head bytes arriving. */
-  private inbox: Buffer | undefined
-  private scanned = 0
+  private readonly heads = new ResponseHeadReader()
   /** Any byte of an answer came: a stream that fails after it was no stale one. */
   private answered = false
   private status = 0
@@ -308,36 +306,24 @@ class MeshExchange implements StreamUser {
 
   /** Response heads: a 100 goes to a client that waits for it, other 1xx are dropped, then the final one. */
   private readHeads (chunk: Buffer): void {
-    let buf = this.inbox == null ? chunk : Buffer.concat([this.inbox, chunk])
-    for (;;) {
-      let end: number
-      let head: ResponseHead
+    let next: Buffer | undefined = chunk
+    while (next != null) {
+      let read
       try {
-        end = findHeadEnd(buf, this.scanned)
-        if (end === -1) {
-          if (buf.length > MAX_HEAD_BYTES) throw new HeadError(502, 'app_invalid_response', 'the instance sent a response head that is too large')
-          this.inbox = buf
-          this.scanned = buf.length
-          return
-        }
-        head = parseResponseHead(buf, end)
-        // 101 answers an upgrade, and upgrades are never sent on.
-        if (head.status === 101) throw new HeadError(502, 'app_invalid_response', 'the instance switched protocols unasked')
+        read = this.heads.read(next)
       } catch (err) {
         if (!(err instanceof HeadError)) throw err
-        this.fail(err)
+        this.fail(new Error(`the instance sent a malformed response: ${err.message}`))
         return
       }
-      this.inbox = undefined
-      this.scanned = 0
-      const rest = end < buf.length ? buf.subarray(end) : undefined
+      if (read == null) return
+      const { head, rest } = read
       if (head.status >= 200) {
         this.startResponse(head, rest)
         return
       }
       if (head.status === 100 && this.req.headers.expect != null) this.res.writeContinue()
-      if (rest == null) return
-      buf = rest
+      next = rest
     }
   }
 

@@ -67,10 +67,14 @@ describe('hyphae status on a live mesh', () => {
     }
     // A walk ends 300 ms after its first provider answers, and a loaded machine can yield the
     // second later (CI saw all 200 go to the good one): it then comes with the next walk, 5 s
-    // on. Until the client knows both, no request can show the failing one being left.
+    // on. Until the client knows both, no request can show the failing one being left. A
+    // first walk slower than the cold-start grace also has an allocator start a third
+    // instance (a healthy one, as the good one).
+    const standalone = [flaky.good?.ready.peerId, flaky.bad?.ready.peerId]
     await waitFor(async () => {
-      const cache = JSON.parse((await http(`http://127.0.0.1:${client.ready.metrics as number}/peers`)).body.toString()) as Array<{ service: string, peers: unknown[] }>
-      if (cache.find(entry => entry.service === 'flaky')?.peers.length === 2) return true
+      const cache = JSON.parse((await http(`http://127.0.0.1:${client.ready.metrics as number}/peers`)).body.toString()) as Array<{ service: string, peers: Array<{ peer: string }> }>
+      const known = new Set(cache.find(entry => entry.service === 'flaky')?.peers.map(p => p.peer))
+      if (standalone.every(peer => known.has(peer as string))) return true
       await get()
       return undefined
     }, 'the client knowing both flaky instances', { timeoutMs: 15_000, everyMs: 50 })
@@ -99,22 +103,25 @@ describe('hyphae status on a live mesh', () => {
     expect(hellos.reduce((sum, i) => sum + (i.stats?.ok ?? 0), 0)).toBe(20)
     expect(Math.max(...hellos.map(i => i.stats?.p99Ms ?? 0))).toBeGreaterThan(0)
 
-    // flaky: the failing instance was ejected after a few runs of failures; the good one took the rest.
-    const byPeer = new Map(instancesOf(s, 'flaky').map(i => [i.peerId, i]))
-    const good = byPeer.get(flaky.good?.ready.peerId)?.stats
-    const bad = byPeer.get(flaky.bad?.ready.peerId)?.stats
-    expect(good?.total).toBeGreaterThan(150)
-    expect(good?.failed).toBe(0)
+    // flaky: the failing instance was ejected after a few runs of failures; the healthy ones
+    // (the good one, and a cold-started one if there is one) took the rest.
+    const flakies = instancesOf(s, 'flaky')
+    const bad = flakies.find(i => i.peerId === flaky.bad?.ready.peerId)?.stats
+    const healthy = flakies.filter(i => i.peerId !== flaky.bad?.ready.peerId).map(i => i.stats)
+    const sum = (stats: typeof healthy, key: 'total' | 'ok' | 'failed'): number => stats.reduce((n, st) => n + (st?.[key] ?? 0), 0)
+    expect(flakies.length).toBeLessThanOrEqual(3)
+    expect(sum(healthy, 'total')).toBeGreaterThan(150)
+    expect(sum(healthy, 'failed')).toBe(0)
     expect(bad?.total).toBeLessThan(50)
     expect(bad?.failed).toBeGreaterThan(0)
-    expect((good?.total ?? 0) + (bad?.total ?? 0)).toBe(sent)
+    expect(sum(healthy, 'total') + (bad?.total ?? 0)).toBe(sent)
     // What the client saw is what the instances say they answered.
-    expect(statuses.get(200)).toBe((good?.ok ?? 0) + (bad?.ok ?? 0))
+    expect(statuses.get(200)).toBe(sum(healthy, 'ok') + (bad?.ok ?? 0))
     expect(statuses.get(500)).toBe(bad?.failed)
 
-    // The client proxy's cache: both flaky instances known.
+    // The client proxy's cache: every flaky instance known.
     const clientNode = s.nodes.find(n => n.peerId === client.ready.peerId)
-    expect(clientNode?.services?.find(c => c.service === 'flaky')?.peers).toHaveLength(2)
+    expect(clientNode?.services?.find(c => c.service === 'flaky')?.peers).toHaveLength(flakies.length)
   }, 120_000)
 
   it('prints the same as tables, and the allocator exports each instance\'s stats to Prometheus', async () => {
@@ -122,7 +129,7 @@ describe('hyphae status on a live mesh', () => {
     expect(code).toBe(0)
     expect(stdout).toMatch(/^SERVICE +INSTANCES +SUCCESS +RPS +P99 +REQUESTS$/m)
     expect(stdout).toMatch(/^hello +([12])\/\1 +100\.00% /m)
-    expect(stdout).toMatch(/^flaky +2\/2 /m)
+    expect(stdout).toMatch(/^flaky +([23])\/\1 /m)
     expect(stdout).toMatch(/ client proxy /)
     const scrapes = await Promise.all([allocator, processAllocator].map(async a => (await http(`http://127.0.0.1:${a.ready.metrics as number}/metrics`)).body.toString()))
     const served = scrapes.reduce((sum, text) => sum + (/^hyphae_instance_requests\{service="hello"/m.test(text) ? metricValue(text, 'hyphae_instance_requests', { service: 'hello', result: 'ok' }) : 0), 0)

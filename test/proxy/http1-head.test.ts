@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, responseFraming, serializeHead, type RequestHead, type ResponseHead } from '../../proxy/http1-head.js'
+import { findHeadEnd, HeadError, MAX_HEAD_BYTES, parseRequestHead, parseResponseHead, ResponseHeadReader, responseFraming, serializeHead, type RequestHead, type ResponseHead } from '../../proxy/http1-head.js'
 
 const bytes = (text: string): Buffer => Buffer.from(text, 'latin1')
 
@@ -185,5 +185,41 @@ describe('serializeHead', () => {
     const out = serializeHead('PUT /x HTTP/1.1', ['Host', 'a', 'X-V', 'caf\u00e9', 'Content-Length', '0'])
     expect(out.toString('latin1')).toBe('PUT /x HTTP/1.1\r\nHost: a\r\nX-V: caf\u00e9\r\nContent-Length: 0\r\n\r\n')
     expect(request(out.toString('latin1'))).toMatchObject({ method: 'PUT', target: '/x', rawHeaders: ['Host', 'a', 'X-V', 'caf\u00e9', 'Content-Length', '0'] })
+  })
+})
+
+describe('ResponseHeadReader', () => {
+  it('gathers a head split anywhere, then gives the bytes after it', () => {
+    const text = 'HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi'
+    for (let cut = 1; cut < text.length; cut++) {
+      const reader = new ResponseHeadReader()
+      const heads: number[] = []
+      let rest: Buffer | undefined
+      for (const piece of [text.slice(0, cut), text.slice(cut)]) {
+        let next: Buffer | undefined = bytes(piece)
+        while (next != null) {
+          const read = reader.read(next)
+          if (read == null) break
+          heads.push(read.head.status)
+          next = read.rest
+          if (read.head.status >= 200) {
+            rest = read.rest
+            break
+          }
+        }
+        if (heads.includes(200)) break
+      }
+      // What came after the final head in the piece that ended it is the body's start.
+      const headEnd = text.length - 2
+      expect(heads, `cut at ${cut}`).toEqual([103, 200])
+      expect(rest?.toString('latin1') ?? '', `cut at ${cut}`).toBe(cut < headEnd ? 'hi' : text.slice(headEnd, cut))
+    }
+  })
+
+  it('refuses a head that never ends within the limit, and a 101 nobody asked for', () => {
+    const reader = new ResponseHeadReader()
+    expect(reader.read(bytes('HTTP/1.1 200 OK\r\n'))).toBeUndefined()
+    expect(() => reader.read(Buffer.alloc(MAX_HEAD_BYTES, 'a'))).toThrow(HeadError)
+    expect(() => new ResponseHeadReader().read(bytes('HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n'))).toThrow(/101/)
   })
 })
