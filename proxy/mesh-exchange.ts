@@ -6,7 +6,9 @@ import { HeadError, ResponseHeadReader, responseFraming, serializeHead, type Res
 import type { PeerAgent, PeerStream, StreamUser } from './mesh-agents.js'
 import { RelayError, type RelayPhase } from './relay-error.js'
 
-export interface MeshRelayOptions {
+export interface RelayTarget {
+  /** The instance's agent: pooled libp2p streams to its peer. */
+  agent: PeerAgent
   /** The request target the instance gets (the app prefix removed). */
   path: string
   forward?: ForwardHeaders
@@ -18,18 +20,23 @@ export interface MeshRelayOptions {
   onResponseStart?: (reused: boolean) => void
 }
 
+export interface RelayResult {
+  status: number
+}
+
 const CRLF = Buffer.from('\r\n')
 
 /**
- * Sends `req` to the instance behind `agent` on a `/http/1.1` stream (a pooled one if there
- * is one) and relays the answer to `res`: the request head is written directly, its body
- * (framed again, as Node's server decoded it) and the answer's body as they come, with
- * backpressure both ways. Resolves once the response is complete; rejects with a RelayError
- * whose phase says how far it got (nothing was written to `res` unless it is `response`).
+ * Sends `req` to the instance behind `target.agent` on a `/http/1.1` stream (a pooled one if
+ * there is one) and relays the answer to `res`: the request head is written directly, its
+ * body (framed again, as Node's server decoded it) and the answer's body as they come, with
+ * backpressure both ways, trailers and 100-continue carried end to end. Resolves once the
+ * response is complete; rejects with a RelayError whose phase says how far it got (nothing
+ * was written to `res` unless it is `response`: the caller may answer or retry, mayRetry).
  */
-export async function relayOverMesh (req: IncomingMessage, res: ServerResponse, agent: PeerAgent, options: MeshRelayOptions): Promise<{ status: number }> {
+export async function relay (req: IncomingMessage, res: ServerResponse, target: RelayTarget): Promise<RelayResult> {
   return await new Promise((resolve, reject) => {
-    new MeshExchange(req, res, agent, options, resolve, reject).start()
+    new MeshExchange(req, res, target, resolve, reject).start()
   })
 }
 
@@ -76,9 +83,8 @@ class MeshExchange implements StreamUser {
   constructor (
     private readonly req: IncomingMessage,
     private readonly res: ServerResponse,
-    private readonly agent: PeerAgent,
-    private readonly options: MeshRelayOptions,
-    private readonly resolve: (result: { status: number }) => void,
+    private readonly options: RelayTarget,
+    private readonly resolve: (result: RelayResult) => void,
     private readonly reject: (err: RelayError) => void
   ) {
     this.chunked = req.headers['content-length'] == null && /chunked/i.test(req.headers['transfer-encoding'] ?? '')
@@ -90,7 +96,7 @@ class MeshExchange implements StreamUser {
     // The client went away: stop the instance too, so nothing is left streaming. Not the
     // instance's fault: callers must not hold it against it.
     this.res.on('close', this.onResponseClose)
-    const stream = this.agent.take(this)
+    const stream = this.options.agent.take(this)
     if (stream != null) {
       try {
         this.send(stream)
@@ -99,7 +105,7 @@ class MeshExchange implements StreamUser {
       }
       return
     }
-    this.agent.open(this).then(opened => {
+    this.options.agent.open(this).then(opened => {
       try {
         // The client left while it opened: the stream, unused, serves the next request.
         if (this.settled) opened.release(true)
@@ -231,7 +237,7 @@ class MeshExchange implements StreamUser {
     this.requestSent = true
     this.options.onRequestSent?.()
     // One stream per request: the end of our side says the request is over.
-    if (!this.agent.reuseStreams) this.stream?.closeWrite()
+    if (!this.options.agent.reuseStreams) this.stream?.closeWrite()
     // The clock starts once the request is sent: a long upload is not a slow answer.
     const timeoutMs = this.options.responseTimeoutMs
     if (timeoutMs != null && !this.settled && this.phase !== 'response') {

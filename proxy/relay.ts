@@ -1,28 +1,8 @@
-import type { IncomingMessage, ServerResponse } from 'node:http'
-import type { PeerAgent } from './mesh-agents.js'
-import { relayOverMesh, type MeshRelayOptions } from './mesh-exchange.js'
+import type { IncomingMessage } from 'node:http'
 import type { RelayError } from './relay-error.js'
 
+export { relay, type RelayResult, type RelayTarget } from './mesh-exchange.js'
 export { RelayError, type RelayPhase } from './relay-error.js'
-
-export interface RelayTarget extends MeshRelayOptions {
-  /** The instance's agent: pooled libp2p streams to its peer. */
-  agent: PeerAgent
-}
-
-export interface RelayResult {
-  status: number
-}
-
-/**
- * Sends `req` to the target and streams the answer to `res`, with backpressure both ways,
- * trailers and 100-continue carried end to end. Resolves once the response is complete.
- * Rejects with a RelayError; when its phase is not `response`, nothing was written to
- * `res` and the caller may answer or retry (mayRetry).
- */
-export async function relay (req: IncomingMessage, res: ServerResponse, target: RelayTarget): Promise<RelayResult> {
-  return await relayOverMesh(req, res, target.agent, target)
-}
 
 /** RFC 9110 §9.2.2: a retry of these has the same effect as one request. */
 const IDEMPOTENT = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE', 'TRACE'])
